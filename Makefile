@@ -1,0 +1,61 @@
+# Single-image self-supervised pre-training: install, render shard sets, test, benchmark, reproduce.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PILLOW_SIMD := 12.1.1.post0
+PILLOW_FALLBACK := 12.1.1
+
+# make shards N=1 IMG=A [D=1281167] [S=256] [SEED=0] [WORKERS=2] [OUT=shards/...] [ARGS="--no-jitter ..."]
+N ?= 1
+IMG ?= A
+D ?= 1281167
+S ?= 256
+SEED ?= 0
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+OUT ?= shards/$(notdir $(basename $(IMG)))-n$(N)-s$(S)-d$(D)
+ARGS ?=
+
+.PHONY: install pillow-simd test test-slow test-data bench shards repro-cpu repro-ablation-cpu clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt
+	@$(MAKE) --no-print-directory pillow-simd
+	$(PIP) install -q --no-deps -e .
+	@$(PY) -c "import torch, torchvision, PIL, webdataset, faiss, cv2, h5py; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| PIL', PIL.__version__)"
+
+# pillow-simd replaces Pillow (same `PIL` package); built from source with AVX2 where the CPU has it.
+pillow-simd:
+	@if $(PY) -c "import PIL, sys; sys.exit(0 if PIL.__version__ == '$(PILLOW_SIMD)' else 1)" 2>/dev/null; then \
+	  echo "pillow-simd $(PILLOW_SIMD) already installed"; exit 0; fi; \
+	if [ ! -f /usr/include/jpeglib.h ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q libjpeg62-turbo-dev zlib1g-dev >/dev/null 2>&1 || true; fi; \
+	if grep -q avx2 /proc/cpuinfo 2>/dev/null; then cc="cc -mavx2"; else cc="cc"; fi; \
+	$(PIP) uninstall -y -q pillow pillow-simd >/dev/null 2>&1; \
+	if CC="$$cc" $(PIP) install -q --no-cache-dir pillow-simd==$(PILLOW_SIMD) >/tmp/pillow-simd-build.log 2>&1; then \
+	  echo "pillow-simd $(PILLOW_SIMD) built with CC='$$cc'"; \
+	else echo "pillow-simd failed to build (log: /tmp/pillow-simd-build.log); falling back to Pillow $(PILLOW_FALLBACK)"; \
+	  $(PIP) install -q pillow==$(PILLOW_FALLBACK); fi
+
+test:
+	$(PY) -m pytest -q
+
+test-slow:
+	$(PY) -m pytest -q -m slow
+
+bench:
+	$(PY) -m bench.run --out docs/benchmarks.md
+
+shards:
+	$(PY) -m augment render --image $(IMG) --n $(N) --count $(D) --size $(S) --seed $(SEED) \
+	  --workers $(WORKERS) --out $(OUT) $(ARGS)
+
+repro-cpu:
+	$(PY) -m bench.repro --out docs/results.md
+
+repro-ablation-cpu:
+	$(PY) -m bench.repro --ablation --out docs/results.md
+
+clean:
+	rm -rf build *.egg-info .pytest_cache

@@ -1,0 +1,152 @@
+"""The manifest of a shard set: what it is, how it was made, and the identity of its bytes.
+
+This module is the one piece of ``augment`` that the trainers import (imports flow augment -> train ->
+probe). It reads a set from a local folder or from any URL that fsspec understands, and it computes
+the set's content identifier. The format is specified in ``docs/shard-format.md``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+MANIFEST = "manifest.json"
+FORMAT = "single-image-ssl/shards"
+FORMAT_VERSION = 1
+ID_PREFIX = "sis1-"
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name if _is_url(base) else os.path.join(base, name)
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    first: int
+    count: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed ``manifest.json``; ``root`` is the folder or URL that holds it."""
+
+    root: str
+    id: str
+    count: int
+    size: int
+    image_format: str
+    seed: int
+    config: dict[str, Any]
+    sources: list[dict[str, Any]]
+    shards: list[ShardEntry]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def shard_urls(self) -> list[str]:
+        """Full paths (or URLs) of every shard, in order."""
+        return [_join(self.root, s.name) for s in self.shards]
+
+    def shard_path(self, entry: ShardEntry) -> str:
+        return _join(self.root, entry.name)
+
+
+def identity_payload(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of a manifest that defines a set's identity: format, config, sources' and shards' bytes.
+
+    Library versions, timings and host names are recorded in the manifest but are not part of the
+    identity: two sets with the same identifier hold the same bytes, whoever rendered them.
+    """
+    return {
+        "format": data.get("format", FORMAT),
+        "format_version": data["format_version"],
+        "config": data["config"],
+        "sources": [s["sha256"] for s in data["sources"]],
+        "shards": [[s["name"], s["count"], s["sha256"]] for s in data["shards"]],
+    }
+
+
+def content_id(data: dict[str, Any]) -> str:
+    """Content identifier of a set: ``sis1-`` + the first 32 hex digits of sha256(canonical identity)."""
+    canon = json.dumps(identity_payload(data), sort_keys=True, separators=(",", ":"))
+    return ID_PREFIX + hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> str:
+    """Write ``manifest.json`` atomically (temporary file, fsync, rename); returns the set's identifier."""
+    data = dict(data)
+    data.setdefault("format", FORMAT)
+    data.setdefault("format_version", FORMAT_VERSION)
+    data["id"] = content_id(data)
+    path = os.path.join(os.fspath(folder), MANIFEST)
+    tmp = path + ".partial"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return data["id"]
+
+
+def _read_text(location: str) -> tuple[str, str]:
+    """Return (root, manifest text) for a folder, a manifest path, or a URL of either."""
+    if location.endswith(MANIFEST):
+        path, root = location, location[: -len(MANIFEST)].rstrip("/") or "."
+    else:
+        root, path = location.rstrip("/") or location, _join(location, MANIFEST)
+    if not _is_url(location):
+        if not os.path.exists(root):
+            raise click.ClickException(f"{root}: no such folder; pass --shards a folder rendered by "
+                                       f"`python -m augment render` (or `make shards`)")
+        if not os.path.isfile(path):
+            raise click.ClickException(f"{root}: not a shard set (no {MANIFEST}); render one with "
+                                       f"`python -m augment render --out {root}` or fetch one")
+        with open(path) as f:
+            return root, f.read()
+    try:
+        import fsspec
+
+        with fsspec.open(path, "rt") as f:
+            return root, f.read()
+    except Exception as e:  # network and backend errors come in many types; the message is what matters
+        raise click.ClickException(f"{path}: cannot read the manifest ({type(e).__name__}: {e}); "
+                                   f"check the URL and that the set was published there") from None
+
+
+def parse_manifest(root: str, text: str, source: str = MANIFEST) -> Manifest:
+    """Parse and check manifest text; every problem is one clear error naming ``source``."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise click.ClickException(f"{source}: not a shard-set manifest (invalid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise click.ClickException(f"{source}: not a shard-set manifest (format is not {FORMAT!r})")
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise click.ClickException(f"{source}: format version {data['format_version']} is newer than this "
+                                   f"tool reads ({FORMAT_VERSION}); upgrade the package")
+    try:
+        shards = [ShardEntry(s["name"], int(s["first"]), int(s["count"]), int(s["bytes"]), s["sha256"])
+                  for s in data["shards"]]
+        return Manifest(root=root, id=data["id"], count=int(data["count"]), size=int(data["size"]),
+                        image_format=data["image_format"], seed=int(data["seed"]), config=data["config"],
+                        sources=data["sources"], shards=shards, raw=data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise click.ClickException(f"{source}: not a shard-set manifest (bad or missing field {e})") from None
+
+
+def read_manifest(location: str | os.PathLike) -> Manifest:
+    """Read the manifest of the set at ``location`` (folder, manifest path, or fsspec/http URL)."""
+    location = os.fspath(location)
+    root, text = _read_text(location)
+    return parse_manifest(root, text, source=_join(root, MANIFEST))

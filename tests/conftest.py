@@ -1,0 +1,25 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# Real data lives beside the project; tests that need it skip with this reason when it is absent.
+SHARED_DATA = os.environ.get("SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+@pytest.fixture
+def shared_data():
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip(f"real data not found at {SHARED_DATA} (set SHARED_DATA to ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def toy_set(tmp_path):
+    from tests.toyset import make_toy_set
+
+    return make_toy_set(str(tmp_path / "toy"), count=64, size=32, per_shard=16)

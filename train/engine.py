@@ -1,0 +1,404 @@
+"""The one training loop every trainer shares: config, options, run log, checkpoints, resume, DDP.
+
+A trainer module defines a frozen ``Config`` (subclass of ``CommonConfig``), ``train_one_epoch(...) ->
+dict``, ``evaluate(...) -> dict`` under ``torch.inference_mode()``, and a short ``main(cfg)`` that wires
+``Run`` to its model and loader. ``Run`` owns everything else:
+
+* ``out/log.jsonl``: first line ``{"git": ..., "config": {sorted}}``, then one JSON object per event;
+* ``out/checkpoint.pt``: model, optimisers, schedulers, epoch, step, config, encoder spec + weights, RNG
+  states, git revision and library versions, written to a temporary file and ``os.replace``d;
+* ``--resume``: one generic call, ``run.restore(objects)``; the checkpoint's architecture fields win;
+* device choice, DDP under ``torchrun`` (env ``WORLD_SIZE``), bf16 autocast on CUDA, a fail-fast check
+  that the loss is finite (the last good checkpoint stays intact).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Iterable
+
+import click
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+CKPT_FORMAT = "single-image-ssl/checkpoint"
+CKPT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """Options every trainer has. Subclasses add their own fields and name their ``ARCH_FIELDS``."""
+
+    shards: str = ""
+    out: str = "runs/default"
+    batch_size: int = 256
+    workers: int = 4
+    device: str = "auto"
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int = 0            # 0: no limit; otherwise stop (and checkpoint) after this many steps
+    resume: bool = False
+    amp: bool = True              # bf16 autocast on CUDA; ignored on the CPU
+    log_every: int = 20
+
+    # Fields that define the network: on resume the checkpoint's values win over the command line.
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(sorted(asdict(self).items()))
+
+
+def common_options(**defaults) -> Callable:
+    """Click options shared by every trainer; ``defaults`` overrides per trainer (e.g. batch_size=192)."""
+    d = {f.name: f.default for f in dataclasses.fields(CommonConfig)} | defaults
+    opts = [
+        click.option("--shards", default=d["shards"], show_default=True,
+                     help="Shard set: a folder with manifest.json, or its URL."),
+        click.option("--out", default=d["out"], show_default=True, type=click.Path(file_okay=False),
+                     help="Run folder: log.jsonl and checkpoint.pt are written here."),
+        click.option("--batch-size", default=d["batch_size"], show_default=True, type=click.IntRange(1)),
+        click.option("--workers", default=d["workers"], show_default=True, type=click.IntRange(0),
+                     help="DataLoader worker processes (decoding and native augmentation)."),
+        click.option("--device", default=d["device"], show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--seed", default=d["seed"], show_default=True, type=int),
+        click.option("--epochs", default=d["epochs"], show_default=True, type=click.IntRange(1)),
+        click.option("--max-steps", default=d["max_steps"], show_default=True, type=click.IntRange(0),
+                     help="Stop after this many optimisation steps in total (0: no limit)."),
+        click.option("--resume/--no-resume", default=False, show_default=True,
+                     help="Continue from OUT/checkpoint.pt."),
+        click.option("--amp/--no-amp", default=d["amp"], show_default=True,
+                     help="bf16 autocast on CUDA (ignored on the CPU)."),
+    ]
+
+    def deco(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+# --------------------------------------------------------------------------- environment facts
+
+
+def git_revision() -> str:
+    """Commit of the code that runs, with ``+dirty`` when the work tree has changes; ``unknown`` outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if not rev:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that can change a result."""
+    import PIL
+    import torchvision
+
+    v = {"python": platform.python_version(), "torch": torch.__version__,
+         "torchvision": torchvision.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
+         "cuda": str(torch.version.cuda), "platform": platform.platform()}
+    try:
+        import webdataset
+
+        v["webdataset"] = getattr(webdataset, "__version__", "unknown")
+    except ImportError:
+        pass
+    return v
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable or unknown device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise click.ClickException(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException(f"--device {name}: no CUDA device is visible here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise click.ClickException(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def all_reduce_mean(value: float, d: Dist, device: torch.device) -> float:
+    """Mean of a scalar over ranks (identity without DDP)."""
+    if not d.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / d.world_size
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    s = seed * 1000 + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def rng_state() -> dict[str, Any]:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class NonFiniteLoss(click.ClickException):
+    """Raised when a loss is NaN or infinite; the last good checkpoint is left untouched."""
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Load a checkpoint written by any trainer; anything else is one clear error naming the file."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT)
+    if not os.path.isfile(path):
+        raise click.ClickException(f"{path}: no such checkpoint; train first or pass the run folder's "
+                                   f"{CHECKPOINT}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle, zip and torch errors alike mean "not a checkpoint"
+        raise click.ClickException(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+        raise click.ClickException(f"{path}: not a checkpoint of this project (no {CKPT_FORMAT!r} marker)")
+    return ck
+
+
+@dataclass
+class ResumeState:
+    epoch: int = 0          # epochs completed
+    step: int = 0           # optimisation steps completed
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def merge_arch(cfg: CommonConfig, saved: dict[str, Any]) -> tuple[CommonConfig, dict[str, tuple]]:
+    """Return ``cfg`` with its ``ARCH_FIELDS`` taken from a checkpoint's saved config, and what changed."""
+    changed = {k: (getattr(cfg, k), saved[k]) for k in cfg.ARCH_FIELDS
+               if k in saved and saved[k] != getattr(cfg, k)}
+    return dataclasses.replace(cfg, **{k: v[1] for k, v in changed.items()}), changed
+
+
+class Run:
+    """One training run: output folder, log, device, process group, step counter and checkpoints."""
+
+    def __init__(self, cfg: CommonConfig, method: str):
+        self.method = method
+        device = resolve_device(cfg.device)
+        self.dist, self.device = init_distributed(device)
+        os.makedirs(cfg.out, exist_ok=True)
+        self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+        self.saved = None
+        if cfg.resume:
+            if not os.path.isfile(self.ckpt_path):
+                raise click.ClickException(f"--resume: no checkpoint at {self.ckpt_path}; drop --resume to "
+                                           f"start a new run there")
+            self.saved = load_checkpoint(self.ckpt_path)
+            if self.saved.get("method") != method:
+                raise click.ClickException(f"{self.ckpt_path} was written by {self.saved.get('method')!r}, "
+                                           f"not {method!r}; use another --out")
+            cfg, self.arch_changes = merge_arch(cfg, self.saved["config"])
+        elif os.path.isfile(self.ckpt_path):
+            raise click.ClickException(f"{cfg.out} already holds a run; pass --resume to continue it or "
+                                       f"choose another --out")
+        self.cfg = cfg
+        self.step = 0
+        self.epoch = 0
+        self.t0 = time.time()
+        seed_everything(cfg.seed, self.dist.rank)
+        self.log_path = os.path.join(cfg.out, LOG)
+        self._header()
+
+    # ---- logging
+    def _header(self) -> None:
+        head = {"git": git_revision(), "config": self.cfg.to_dict(), "method": self.method,
+                "versions": library_versions(), "world_size": self.dist.world_size,
+                "device": str(self.device), "argv": sys.argv, "resume": bool(self.saved),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if self.saved and getattr(self, "arch_changes", None):
+            head["arch_from_checkpoint"] = {k: v[1] for k, v in self.arch_changes.items()}
+        self.log(head, _first=True)
+
+    def log(self, record: dict[str, Any], _first: bool = False) -> None:
+        """Append one JSON line (main rank only); the first line of a log is its header."""
+        if not self.dist.is_main:
+            return
+        if not _first:
+            record = {"epoch": self.epoch, "step": self.step,
+                      "elapsed_s": round(time.time() - self.t0, 3)} | record
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record, sort_keys=not _first, default=str) + "\n")
+
+    def echo(self, msg: str) -> None:
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+
+    def progress(self, it: Iterable, total: int | None, desc: str):
+        """A tqdm bar with rate and ETA on the main rank; the bare iterable elsewhere."""
+        from tqdm import tqdm
+
+        return tqdm(it, total=total, desc=desc, disable=not self.dist.is_main, dynamic_ncols=True,
+                    mininterval=1.0, file=sys.stderr)
+
+    # ---- steps
+    def check_finite(self, loss: float, what: str = "loss") -> None:
+        """Stop with a clear message on NaN/inf; nothing is written, so the last checkpoint stays good."""
+        if not math.isfinite(loss):
+            self.log({"event": "non_finite", "what": what, "value": str(loss)})
+            kept = self.ckpt_path if os.path.isfile(self.ckpt_path) else "none written yet"
+            raise NonFiniteLoss(f"{what} is {loss} at epoch {self.epoch} step {self.step}; last good "
+                                f"checkpoint: {kept}. Lower the learning rate or check the data "
+                                f"(`python -m augment verify`), then --resume")
+
+    def tick(self) -> bool:
+        """Count one optimisation step; True when ``--max-steps`` is reached."""
+        self.step += 1
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Move to the device and wrap in DDP when running under torchrun."""
+        model = model.to(self.device)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    # ---- checkpoints
+    def restore(self, objects: dict[str, Any]) -> ResumeState:
+        """Load every object's state from the checkpoint when resuming; a fresh state otherwise."""
+        if not self.saved:
+            return ResumeState()
+        state = self.saved["state"]
+        missing = [k for k in objects if k not in state]
+        if missing:
+            raise click.ClickException(f"{self.ckpt_path} lacks {missing}; it was written by another "
+                                       f"version of this trainer")
+        for name, obj in objects.items():
+            unwrap(obj).load_state_dict(state[name]) if isinstance(obj, nn.Module) \
+                else obj.load_state_dict(state[name])
+        set_rng_state(self.saved["rng"])
+        self.epoch, self.step = self.saved["epoch"], self.saved["step"]
+        self.log({"event": "resumed", "from_epoch": self.epoch, "from_step": self.step})
+        return ResumeState(self.saved["epoch"], self.saved["step"], self.saved.get("extra", {}))
+
+    def save(self, objects: dict[str, Any], encoder: nn.Module, epoch: int,
+             extra: dict[str, Any] | None = None) -> None:
+        """Write ``out/checkpoint.pt`` atomically (main rank); ``epoch`` = epochs completed."""
+        if not self.dist.is_main:
+            return
+        enc = unwrap(encoder)
+        ck = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "method": self.method,
+              "config": self.cfg.to_dict(), "encoder_spec": enc.spec.to_dict(),
+              "encoder": enc.state_dict(),
+              "state": {k: (unwrap(v).state_dict() if isinstance(v, nn.Module) else v.state_dict())
+                        for k, v in objects.items()},
+              "epoch": epoch, "step": self.step, "rng": rng_state(), "git": git_revision(),
+              "versions": library_versions(), "extra": extra or {},
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        save_atomic(ck, self.ckpt_path)
+        self.log({"event": "checkpoint", "path": self.ckpt_path, "epochs_done": epoch})
+
+    def close(self) -> None:
+        if self.dist.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def write_bare_checkpoint(path: str, *, method: str, cfg: CommonConfig, encoder: nn.Module,
+                          extra: dict[str, Any] | None = None) -> None:
+    """A checkpoint with an encoder and no optimiser state (``train.random``, converted weights)."""
+    ck = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "method": method, "config": cfg.to_dict(),
+          "encoder_spec": encoder.spec.to_dict(), "encoder": encoder.state_dict(), "state": {},
+          "epoch": 0, "step": 0, "rng": rng_state(), "git": git_revision(),
+          "versions": library_versions(), "extra": extra or {}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_atomic(ck, path)
