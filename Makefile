@@ -45,17 +45,17 @@ test-slow:
 	$(PY) -m pytest -q -m slow
 
 bench:
-	$(PY) -m bench.run --out docs/benchmarks.md
+	$(PY) -m tests.bench.run --out docs/benchmarks.md
 
 shards:
 	$(PY) -m augment render --image $(IMG) --n $(N) --count $(D) --size $(S) --seed $(SEED) \
 	  --workers $(WORKERS) --out $(OUT) $(ARGS)
 
 repro-cpu:
-	$(PY) -m bench.repro --out docs/results.md
+	$(PY) -m probe.repro --out docs/results.md
 
 repro-ablation-cpu:
-	$(PY) -m bench.repro --ablation --out docs/results.md
+	$(PY) -m probe.repro --ablation --out docs/results.md
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -1,0 +1,5 @@
+from augment.cli import cli
+import augment.share  # noqa: F401,E402  registers publish and fetch
+
+if __name__ == "__main__":
+    cli(prog_name="python -m augment")
