@@ -1,9 +1,124 @@
 """`python -m augment ...`: render, verify, show, info, merge (this module) and publish, fetch (share.py)."""
 from __future__ import annotations
 
+import os
+
 import click
+
+from augment.color import JitterParams
+from augment.geometry import GeomParams
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Render, check and share frozen shard sets of single-image augmentations."""
+
+
+def _range(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, k = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not I:J (two shard indices, J exclusive)") from None
+    return i, k
+
+
+@cli.command()
+@click.option("--image", required=True, help="A, B or C (the paper's images), an image file, or a folder.")
+@click.option("--n", "n", type=int, default=1, show_default=True, help="Number of source images N.")
+@click.option("--count", "count", type=int, default=None, help="Patches D [default: 1281167; cifar: 50000].")
+@click.option("--size", "size", type=int, default=None, help="Patch side S [default: 256; cifar: 32].")
+@click.option("--preset", type=click.Choice(["imagenet", "cifar"]), default="imagenet", show_default=True,
+              help="D and S of the paper's two settings; --count/--size override.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes (whole shards each).")
+@click.option("--out", default=None, help="Output folder [default: shards/IMG-nN-sS-dD].")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jpg", "png"]), default="auto", show_default=True,
+              help="auto: png for S <= 64, jpg above.")
+@click.option("--quality", type=int, default=95, show_default=True, help="JPEG quality.")
+@click.option("--samples-per-shard", type=int, default=1000, show_default=True)
+@click.option("--shard-range", default=None, help="I:J: render only shards I..J-1 (then `merge`).")
+@click.option("--min-area", type=float, default=GeomParams.min_area, show_default=True, help="β.")
+@click.option("--max-area", type=float, default=GeomParams.max_area, show_default=True)
+@click.option("--aspect", type=float, default=GeomParams.aspect, show_default=True, help="γ: h/w in [γ, 1/γ].")
+@click.option("--max-angle", type=float, default=GeomParams.max_angle, show_default=True, help="α range, degrees.")
+@click.option("--flip", "flip_prob", type=float, default=GeomParams.flip_prob, show_default=True)
+@click.option("--brightness", type=float, default=JitterParams.brightness, show_default=True)
+@click.option("--contrast", type=float, default=JitterParams.contrast, show_default=True)
+@click.option("--saturation", type=float, default=JitterParams.saturation, show_default=True)
+@click.option("--hue", type=float, default=JitterParams.hue, show_default=True)
+@click.option("--no-scale", is_flag=True, help="Ablation: the crop is the whole image (Table 1).")
+@click.option("--no-rotation", is_flag=True, help="Ablation: angle 0 (Table 1).")
+@click.option("--no-jitter", is_flag=True, help="Ablation: no colour jitter (Table 1).")
+@click.option("--max-pixels", type=int, default=None, help="Decompression-bomb guard [default: 178956970].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samples_per_shard, shard_range,
+           min_area, max_area, aspect, max_angle, flip_prob, brightness, contrast, saturation, hue, no_scale,
+           no_rotation, no_jitter, max_pixels, quiet) -> None:
+    """Render N source images into D augmented S x S patches as a shard set."""
+    from augment.render import PRESETS, Recipe, RenderConfig, canonical_command, render as run, resolve_format
+    from augment.sources import DEFAULT_MAX_PIXELS
+
+    count = PRESETS[preset]["count"] if count is None else count
+    size = PRESETS[preset]["size"] if size is None else size
+    geom = GeomParams(min_area, max_area, aspect, max_angle, flip_prob, not no_scale, not no_rotation)
+    jitter = JitterParams(brightness, contrast, saturation, hue, not no_jitter)
+    recipe = Recipe(count, size, n, seed, resolve_format(fmt, size), quality, samples_per_shard, geom, jitter)
+    if out is None:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(image)))[0]
+        out = os.path.join("shards", f"{stem}-n{n}-s{size}-d{count}")
+    cfg = RenderConfig(image, out, recipe, workers, _range(shard_range), max_pixels or DEFAULT_MAX_PIXELS,
+                       not quiet, canonical_command(image, recipe, out))
+    res = run(cfg)
+    what = f"set {res['id']}" if res["id"] else f"piece {res['written']} (run `python -m augment merge {out}`)"
+    click.echo(f"{out}: {res['rendered']} shards rendered, {res['kept']} kept; {what}")
+
+
+@cli.command()
+@click.argument("folder")
+def merge(folder) -> None:
+    """Merge the manifest pieces of --shard-range jobs into manifest.json."""
+    from augment.render import merge as run
+
+    click.echo(f"{folder}: merged into manifest.json, set {run(folder)}")
+
+
+@cli.command()
+@click.argument("folder")
+@click.option("--rerender", type=int, default=0, show_default=True, help="Also re-render K random samples.")
+@click.option("--sources", default=None, help="File or folder holding the sources (for --rerender of non-named).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Picks the re-rendered samples.")
+def verify(folder, rerender, sources, seed) -> None:
+    """Check every shard's size, sha256 and samples against the manifest."""
+    from augment.verify import VerifyConfig, verify as run
+
+    report = run(VerifyConfig(folder, rerender, sources, seed))
+    for line in report.lines:
+        click.echo(line)
+    if report.problems:
+        raise click.ClickException(f"{folder}: {len(report.problems)} problem(s): {'; '.join(report.problems[:5])}")
+    click.echo(f"{folder}: OK ({report.shards} shards, {report.samples} samples"
+               + (f", {rerender} re-rendered samples identical)" if rerender else ")"))
+
+
+@cli.command()
+@click.argument("folder")
+def info(folder) -> None:
+    """Summarise a shard set (id, count, size, format, sources, shards, bytes, config)."""
+    from augment.verify import summary
+
+    click.echo(summary(folder))
+
+
+@cli.command()
+@click.argument("folder")
+@click.option("--out", required=True, help="PNG file to write.")
+@click.option("--count", "k", type=int, default=64, show_default=True, help="Patches in the grid.")
+@click.option("--cols", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def show(folder, out, k, cols, seed) -> None:
+    """Draw a grid of random patches of a set (the paper's Figs. 7-10)."""
+    from augment.show import ShowConfig, show as run
+
+    click.echo(f"wrote {run(ShowConfig(folder, out, k, cols, seed))}")

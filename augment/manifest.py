@@ -6,9 +6,13 @@ the set's content identifier. The format is specified in ``docs/shard-format.md`
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import json
 import os
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +80,85 @@ def identity_payload(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def canonical_identity(data: dict[str, Any]) -> bytes:
+    """The exact bytes hashed into the identifier (specified in docs/sharing.md).
+
+    Sorted keys, no whitespace, ASCII escapes and Python's shortest round-trip float repr: the same
+    manifest gives the same bytes on any machine, and parsing a written manifest back gives them again.
+    NaN and infinities are refused (they are not JSON and other readers would disagree).
+    """
+    return json.dumps(identity_payload(data), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
 def content_id(data: dict[str, Any]) -> str:
     """Content identifier of a set: ``sis1-`` + the first 32 hex digits of sha256(canonical identity)."""
-    canon = json.dumps(identity_payload(data), sort_keys=True, separators=(",", ":"))
-    return ID_PREFIX + hashlib.sha256(canon.encode()).hexdigest()[:32]
+    return ID_PREFIX + hashlib.sha256(canonical_identity(data)).hexdigest()[:32]
+
+
+def identity_problem(m: "Manifest") -> str | None:
+    """None when the manifest's stored ``id`` matches its content, else a one-line description."""
+    try:
+        actual = content_id(m.raw)
+    except (KeyError, TypeError, ValueError) as e:
+        return f"its identity cannot be computed ({type(e).__name__}: {e})"
+    if actual != m.id:
+        return f"its stored id {m.id} disagrees with its content ({actual}); it was edited after it was written"
+    return None
+
+
+def check_identity(m: "Manifest") -> None:
+    """Fail with a one-line error when the manifest's stored ``id`` does not match its content."""
+    problem = identity_problem(m)
+    if problem:
+        raise click.ClickException(f"{_join(m.root, MANIFEST)}: {problem}; re-render or re-publish the set "
+                                   f"(a set's identifier must prove its bytes)")
+
+
+# --------------------------------------------------------------------------- reading from URLs
+
+HTTP_SCHEMES = ("http://", "https://")
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def describe_error(e: BaseException) -> str:
+    """A short, single-line reason for a network or file error (no traceback, no nested reprs)."""
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        reason = e.reason
+        text = getattr(reason, "strerror", None) or str(reason)
+        return f"cannot connect ({text})"
+    if isinstance(e, http.client.HTTPException):
+        return f"connection broken ({type(e).__name__})"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def open_location(location: str, offset: int = 0, timeout: float = 60.0):
+    """Open a local path, an http(s) URL (standard library) or any fsspec URL for binary reading.
+
+    Returns ``(stream, start)``: ``start`` is where the stream begins, ``offset`` when the source can
+    seek or honours an HTTP Range request, else 0 (the caller must then restart from scratch).
+    fsspec's http backend needs aiohttp, which is not a dependency, hence urllib for http(s).
+    """
+    if location.startswith(HTTP_SCHEMES):
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        req = urllib.request.Request(location, headers=headers)
+        resp = urllib.request.urlopen(req, timeout=timeout)
+        return resp, offset if offset and resp.status == 206 else 0
+    if _is_url(location):
+        import fsspec
+
+        f = fsspec.open(location, "rb").open()
+    else:
+        f = open(location, "rb")
+    if offset:
+        f.seek(offset)
+    return f, offset
 
 
 def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> str:
@@ -115,12 +194,11 @@ def _read_text(location: str) -> tuple[str, str]:
         with open(path) as f:
             return root, f.read()
     try:
-        import fsspec
-
-        with fsspec.open(path, "rt") as f:
-            return root, f.read()
+        stream, _ = open_location(path)
+        with stream:
+            return root, stream.read().decode("utf-8", errors="replace")
     except Exception as e:  # network and backend errors come in many types; the message is what matters
-        raise click.ClickException(f"{path}: cannot read the manifest ({type(e).__name__}: {e}); "
+        raise click.ClickException(f"{path}: cannot read the manifest ({describe_error(e)}); "
                                    f"check the URL and that the set was published there") from None
 
 
@@ -150,3 +228,10 @@ def read_manifest(location: str | os.PathLike) -> Manifest:
     location = os.fspath(location)
     root, text = _read_text(location)
     return parse_manifest(root, text, source=_join(root, MANIFEST))
+
+
+def read_manifest_text(location: str | os.PathLike) -> tuple[Manifest, str]:
+    """Like ``read_manifest``, also returning the manifest's exact text (to copy a set byte for byte)."""
+    location = os.fspath(location)
+    root, text = _read_text(location)
+    return parse_manifest(root, text, source=_join(root, MANIFEST)), text

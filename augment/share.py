@@ -1,4 +1,431 @@
-"""Sharing shard sets between labs: publish, fetch, verify, stream from a URL (issue 7)."""
+"""Sharing shard sets between labs: ``publish`` a verified set to any fsspec destination with a card,
+``fetch`` a published set shard by shard with checksums and resume (issue 7; docs/sharing.md).
+
+A set is trusted by its bytes, not its location: every shard is checked against the manifest's sha256
+before it is kept under its final name, and the manifest's identifier is recomputed from its content.
+The manifest is written last on both sides, so a folder holding ``manifest.json`` is a complete set.
+"""
 from __future__ import annotations
 
-from augment.cli import cli  # noqa: F401  (commands register themselves on the group)
+import json
+import os
+import re
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import click
+from tqdm import tqdm
+
+from augment.cli import cli
+from augment.manifest import (DISK_FULL, MANIFEST, Manifest, ShardEntry, check_identity, describe_error,
+                              open_location, read_manifest_text)
+from augment.shards import TMP_SUFFIX, sha256_file
+
+CARD = "CARD.md"
+CHUNK = 1 << 20
+PAPER_BIBTEX = """@inproceedings{asano2020critical,
+  title     = {A critical analysis of self-supervision, or what we can learn from a single image},
+  author    = {Asano, Yuki M. and Rupprecht, Christian and Vedaldi, Andrea},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2020}
+}"""
+# A shard name from a downloaded manifest becomes a local path: plain file names only.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify_shards(m: Manifest, progress: bool = True) -> list[str]:
+    """Check every shard of a local set against the manifest (size, then sha256); returns problems."""
+    problems = []
+    bar = tqdm(total=sum(e.bytes for e in m.shards), unit="B", unit_scale=True, desc="verify",
+               disable=not progress, leave=False)
+    with bar:
+        for e in m.shards:
+            path = m.shard_path(e)
+            if not os.path.isfile(path):
+                problems.append(f"{e.name}: missing")
+            elif os.path.getsize(path) != e.bytes:
+                problems.append(f"{e.name}: {os.path.getsize(path)} bytes, manifest says {e.bytes}")
+            elif sha256_file(path) != e.sha256:
+                problems.append(f"{e.name}: sha256 differs from the manifest")
+            bar.update(e.bytes)
+    return problems
+
+
+# --------------------------------------------------------------------------- publish
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    set: str
+    dest: str
+    public_url: str = ""      # where readers will fetch from (the card's fetch command); default: dest
+    progress: bool = True
+
+
+def render_card(m: Manifest, url: str) -> str:
+    """The human-readable CARD.md of a set: what, identifier, how made, how to fetch and cite."""
+    raw = m.raw
+    sources = "\n".join(f"| {s.get('name', '?')} | `{s['sha256']}` |" for s in m.sources)
+    versions = "\n".join(f"- {k}: {v}" for k, v in sorted((raw.get("versions") or {}).items())) or "- (not recorded)"
+    total = sum(e.bytes for e in m.shards)
+    return f"""# Shard set `{m.id}`
+
+Frozen augmented patches for single-image self-supervised pre-training (Asano, Rupprecht &
+Vedaldi, ICLR 2020): {m.count} patches of {m.size}x{m.size} pixels ({m.image_format}), seed {m.seed},
+in {len(m.shards)} WebDataset tar shards ({total} bytes).
+
+**Identifier:** `{m.id}`
+
+The identifier hashes the rendering config, the sources' sha256 and every shard's name, count and
+sha256 (docs/sharing.md): two sets with this identifier hold the same bytes.
+
+## How it was made
+
+Config (as recorded in `manifest.json`):
+
+```json
+{json.dumps(m.config, indent=1, sort_keys=True)}
+```
+
+| source | sha256 |
+|---|---|
+{sources}
+
+Library versions:
+{versions}
+
+## Fetch
+
+```
+python -m augment fetch {url} DIR --expect {m.id}
+```
+
+Every shard is checked against its sha256 before it is kept; an interrupted fetch resumes. Trainers
+also stream it without a download: `--shards {url}`.
+
+## Cite
+
+Cite the paper and name the set by its identifier, e.g. "trained on shard set `{m.id}`".
+
+```bibtex
+{PAPER_BIBTEX}
+```
+"""
+
+
+def _open_fs(dest: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(dest)
+    except ImportError as e:
+        scheme = dest.split("://", 1)[0]
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme, "matching")
+        raise click.ClickException(f"{dest}: no filesystem for {scheme}:// ({str(e).splitlines()[0]}); "
+                                   f"install the {extra} extra: pip install -e '.[{extra}]'") from None
+    except ValueError as e:
+        raise click.ClickException(f"{dest}: not a destination fsspec understands ({e})") from None
+
+
+def _check_dest(fs, root: str, dest: str, m: Manifest) -> None:
+    """Refuse a destination that already holds a different set (same set: publishing again is fine)."""
+    target = _join(root, MANIFEST)
+    if not fs.exists(target):
+        return
+    try:
+        other = json.loads(fs.cat_file(target)).get("id")
+    except ValueError:
+        other = "an unreadable manifest"
+    if other != m.id:
+        raise click.ClickException(f"{dest}: already holds another set ({other}); publish {m.id} to an "
+                                   f"empty destination")
+
+
+def publish_set(cfg: PublishConfig) -> str:
+    """Verify a local set, copy it to ``cfg.dest`` (any fsspec URL), write CARD.md; returns the id.
+
+    Order: shards, card, manifest last, so readers never see a manifest whose shards are not there.
+    """
+    if "://" in cfg.set:
+        raise click.ClickException(f"{cfg.set}: publish copies a local set; fetch it first with "
+                                   f"`python -m augment fetch {cfg.set} DIR`")
+    m, text = read_manifest_text(cfg.set)
+    check_identity(m)
+    fs, root = _open_fs(cfg.dest)  # before the long verification: a missing extra fails at once
+    problems = verify_shards(m, cfg.progress)
+    if problems:
+        raise click.ClickException(f"{cfg.set}: not published, {len(problems)} shard(s) fail verification: "
+                                   f"{'; '.join(problems)}; re-render the set")
+    try:
+        _check_dest(fs, root, cfg.dest, m)
+        fs.makedirs(root, exist_ok=True)
+        with tqdm(total=sum(e.bytes for e in m.shards), unit="B", unit_scale=True, desc="publish",
+                  disable=not cfg.progress) as bar:
+            for e in m.shards:
+                fs.put_file(m.shard_path(e), _join(root, e.name))
+                bar.update(e.bytes)
+        fs.pipe_file(_join(root, CARD), render_card(m, cfg.public_url or cfg.dest).encode())
+        fs.pipe_file(_join(root, MANIFEST), text.encode())
+    except click.ClickException:
+        raise
+    except Exception as e:  # OSError, and object stores' own errors (credentials, permissions)
+        raise click.ClickException(f"{cfg.dest}: publishing failed ({describe_error(e)}); fix the "
+                                   f"destination and run the same command again") from None
+    return m.id
+
+
+@cli.command()
+@click.argument("set_dir", metavar="SET")
+@click.argument("dest")
+@click.option("--public-url", default="", help="URL readers fetch from, for the card (default: DEST).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def publish(set_dir: str, dest: str, public_url: str, quiet: bool) -> None:
+    """Verify the set SET and copy it, with a CARD.md, to DEST (folder or fsspec URL: s3://, gs://, ...)."""
+    sid = publish_set(PublishConfig(set_dir, dest, public_url, not quiet))
+    click.echo(f"published {sid} to {dest} (card: {_join(dest, CARD)})")
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    url: str
+    out: str
+    expect: str = ""
+    jobs: int = 4
+    attempts: int = 2         # a shard failing its check is fetched once more, then reported
+    timeout: float = 60.0     # seconds without data before a connection counts as dead
+    progress: bool = True
+
+
+class DiskFull(Exception):
+    """Writing failed for lack of space: stops every download (retrying cannot help)."""
+
+
+class ShardFailed(Exception):
+    """One attempt at one shard failed; ``keep`` says whether the partial file is worth resuming."""
+
+    def __init__(self, msg: str, keep: bool):
+        super().__init__(msg)
+        self.keep = keep
+
+
+def _check_names(m: Manifest, source: str) -> None:
+    names = [e.name for e in m.shards]
+    bad = [n for n in names if not _SAFE_NAME.match(n) or n in (MANIFEST, CARD) or n.endswith(TMP_SUFFIX)]
+    if bad or len(set(names)) != len(names):
+        raise click.ClickException(f"{source}: not a shard-set manifest (unsafe or repeated shard name "
+                                   f"{(bad or names)[0]!r}); refusing to write it")
+
+
+class _Fetcher:
+    """Downloads the shards of one manifest into a folder (thread-safe progress, stop on a full disk)."""
+
+    def __init__(self, cfg: FetchConfig, m: Manifest, bar: tqdm):
+        self.cfg, self.m, self.bar = cfg, m, bar
+        self.lock, self.stop = threading.Lock(), threading.Event()
+
+    def _advance(self, n: int) -> None:
+        with self.lock:
+            self.bar.update(n)
+
+    def _download(self, e: ShardEntry, partial: str) -> None:
+        """One attempt: resume ``partial`` where it stops (HTTP Range or seek), stream the rest into it."""
+        have = os.path.getsize(partial) if os.path.exists(partial) else 0
+        if have > e.bytes:
+            self._advance(-have)
+            os.remove(partial)
+            have = 0
+        if have == e.bytes:
+            return
+        try:
+            stream, start = open_location(self.m.shard_path(e), have, self.cfg.timeout)
+        except Exception as err:  # HTTP, socket and fsspec errors: the message is what matters
+            raise ShardFailed(describe_error(err), keep=True) from None
+        if start != have:  # the server ignored the Range request: the partial bytes are thrown away
+            self._advance(-have)
+        got = start
+        try:
+            with stream, open(partial, "r+b" if start else "wb") as f:
+                f.seek(start)
+                f.truncate()
+                # Read one block past the expected size at most: a server sending more is wrong anyway.
+                # read1: whatever has arrived (up to CHUNK), so a stalled or killed fetch keeps it.
+                read = getattr(stream, "read1", stream.read)
+                while got <= e.bytes and not self.stop.is_set():
+                    try:
+                        block = read(CHUNK)
+                    except Exception as err:  # reset, timeout, IncompleteRead, fsspec backend errors
+                        raise ShardFailed(f"{describe_error(err)} after {got} of {e.bytes} bytes",
+                                          keep=True) from None
+                    if not block:
+                        break
+                    f.write(block)
+                    f.flush()  # on disk, not in a buffer, when the process is killed
+                    got += len(block)
+                    self._advance(len(block))
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise DiskFull(f"{partial}: {describe_error(err)}") from None
+            raise
+        if self.stop.is_set():
+            raise ShardFailed("stopped", keep=True)
+        if got < e.bytes:
+            raise ShardFailed(f"connection closed after {got} of {e.bytes} bytes", keep=True)
+
+    def _attempt(self, e: ShardEntry, final: str, partial: str) -> None:
+        self._download(e, partial)
+        if os.path.getsize(partial) != e.bytes:
+            raise ShardFailed(f"{os.path.getsize(partial)} bytes, manifest says {e.bytes}", keep=False)
+        if sha256_file(partial) != e.sha256:
+            raise ShardFailed("sha256 differs from the manifest", keep=False)
+        os.replace(partial, final)
+
+    def shard(self, e: ShardEntry) -> str | None:
+        """Fetch one shard (up to ``attempts`` tries); None when it is kept, else why it failed."""
+        final = os.path.join(self.cfg.out, e.name)
+        partial = final + TMP_SUFFIX
+        why = ""
+        for _ in range(self.cfg.attempts):
+            if self.stop.is_set():
+                return f"{e.name}: not fetched (stopped)"
+            try:
+                self._attempt(e, final, partial)
+                return None
+            except ShardFailed as err:
+                why = str(err)
+                if not err.keep and os.path.exists(partial):
+                    self._advance(-os.path.getsize(partial))
+                    os.remove(partial)
+            except DiskFull:
+                self.stop.set()
+                raise
+        return f"{e.name}: {why}"
+
+
+def _local_done(cfg: FetchConfig, m: Manifest) -> set[str]:
+    """Shards already under their final name with the right sha256 (kept by a resumed fetch)."""
+    done = set()
+    for e in m.shards:
+        path = os.path.join(cfg.out, e.name)
+        if os.path.isfile(path) and os.path.getsize(path) == e.bytes and sha256_file(path) == e.sha256:
+            done.add(e.name)
+        elif os.path.exists(path):
+            os.remove(path)  # a damaged shard under a final name is worse than none
+    return done
+
+
+def _prepare_out(cfg: FetchConfig, m: Manifest, manifest_url: str) -> None:
+    local = os.path.join(cfg.out, MANIFEST)
+    if os.path.isfile(local):
+        try:
+            with open(local) as f:
+                other = json.load(f).get("id")
+        except ValueError:
+            other = "an unreadable manifest"
+        if other != m.id:
+            raise click.ClickException(f"{cfg.out}: already holds another set ({other}); fetch "
+                                       f"{manifest_url} into an empty folder")
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"{cfg.out}: cannot create the folder ({describe_error(e)})") from None
+
+
+def _check_space(cfg: FetchConfig, need: int) -> None:
+    free = shutil.disk_usage(cfg.out).free
+    if need > free:
+        raise click.ClickException(f"{cfg.out}: needs {need} more bytes but {free} are free; free some "
+                                   f"space or fetch elsewhere")
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + TMP_SUFFIX
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fetch_card(cfg: FetchConfig, root: str) -> None:
+    """Copy CARD.md when the publisher wrote one; a set is complete without it."""
+    try:
+        stream, _ = open_location(_join(root, CARD) if "://" in root else os.path.join(root, CARD),
+                                  timeout=cfg.timeout)
+        with stream:
+            _write_text(os.path.join(cfg.out, CARD), stream.read().decode("utf-8", errors="replace"))
+    except Exception:  # noqa: BLE001  optional file: absent or unreadable is not an error
+        pass
+
+
+def fetch_set(cfg: FetchConfig) -> Manifest:
+    """Download the set at ``cfg.url`` into ``cfg.out``, checking every shard; returns its manifest.
+
+    Identity is checked before any shard moves; the manifest is written last, once every shard passed.
+    """
+    if "://" not in cfg.url and not os.path.isfile(cfg.url if cfg.url.endswith(MANIFEST)
+                                                   else os.path.join(cfg.url, MANIFEST)):
+        raise click.ClickException(f"{cfg.url}: no {MANIFEST} there; pass the folder (or URL) of a "
+                                   f"published set")
+    m, text = read_manifest_text(cfg.url)
+    manifest_url = _join(m.root, MANIFEST) if "://" in m.root else os.path.join(m.root, MANIFEST)
+    check_identity(m)
+    _check_names(m, manifest_url)
+    if cfg.expect and cfg.expect != m.id:
+        raise click.ClickException(f"{manifest_url}: set is {m.id}, not the expected {cfg.expect}; "
+                                   f"nothing downloaded (check the URL or the --expect identifier)")
+    _prepare_out(cfg, m, manifest_url)
+    done = _local_done(cfg, m)
+    todo = [e for e in m.shards if e.name not in done]
+    partial_bytes = sum(min(os.path.getsize(p), e.bytes) for e in todo
+                        if os.path.exists(p := os.path.join(cfg.out, e.name + TMP_SUFFIX)))
+    _check_space(cfg, sum(e.bytes for e in todo) - partial_bytes)
+    total = sum(e.bytes for e in m.shards)
+    with tqdm(total=total, initial=total - sum(e.bytes for e in todo) + partial_bytes, unit="B",
+              unit_scale=True, desc="fetch", disable=not cfg.progress) as bar:
+        f = _Fetcher(cfg, m, bar)
+        try:
+            with ThreadPoolExecutor(max(1, min(cfg.jobs, len(todo) or 1))) as pool:
+                failures = [r for r in pool.map(f.shard, todo) if r]
+        except DiskFull as e:
+            raise click.ClickException(f"{e}; free space (the set needs {total} bytes) and run the same "
+                                       f"command again: complete shards are kept, the partial one resumes") \
+                from None
+        except OSError as e:
+            raise click.ClickException(f"{cfg.out}: cannot write ({describe_error(e)}); check the folder's "
+                                       f"permissions and run the same command again") from None
+    if failures:
+        damaged = any("sha256" in f or "manifest says" in f for f in failures)
+        raise click.ClickException(f"{cfg.url}: {len(failures)} shard(s) not fetched after {cfg.attempts} "
+                                   f"attempts: {'; '.join(failures)}; " + (
+                                       "the copy on the server is damaged: ask the publisher to re-publish"
+                                       if damaged else "run the same command again to resume"))
+    _fetch_card(cfg, m.root)
+    _write_text(os.path.join(cfg.out, MANIFEST), text)
+    return m
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("out", metavar="DIR")
+@click.option("--expect", default="", metavar="ID", help="Refuse the set unless its identifier is ID.")
+@click.option("--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Parallel shard downloads (threads).")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1),
+              help="Seconds without data before a connection counts as dead.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fetch(url: str, out: str, expect: str, jobs: int, timeout: float, quiet: bool) -> None:
+    """Download the set published at URL (its folder: http(s), fsspec URL or path) into DIR, verified."""
+    m = fetch_set(FetchConfig(url, out, expect, jobs, timeout=timeout, progress=not quiet))
+    click.echo(f"fetched {m.id} ({len(m.shards)} shards, {m.count} samples) into {out}")

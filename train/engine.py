@@ -61,8 +61,16 @@ class CommonConfig:
         return dict(sorted(asdict(self).items()))
 
 
-def common_options(**defaults) -> Callable:
-    """Click options shared by every trainer; ``defaults`` overrides per trainer (e.g. batch_size=192)."""
+OPTION_NAMES = ("--shards", "--out", "--batch-size", "--workers", "--device", "--seed", "--epochs",
+                "--max-steps", "--resume", "--amp")
+
+
+def common_options(exclude: tuple[str, ...] = (), **defaults) -> Callable:
+    """Click options shared by every trainer; ``defaults`` overrides per trainer (e.g. batch_size=192).
+
+    ``exclude`` drops options a trainer has no use for (e.g. ``("shards",)`` for a trainer that reads
+    an ImageFolder); the config then keeps that field's default.
+    """
     d = {f.name: f.default for f in dataclasses.fields(CommonConfig)} | defaults
     opts = [
         click.option("--shards", default=d["shards"], show_default=True,
@@ -83,6 +91,9 @@ def common_options(**defaults) -> Callable:
         click.option("--amp/--no-amp", default=d["amp"], show_default=True,
                      help="bf16 autocast on CUDA (ignored on the CPU)."),
     ]
+
+    dropped = {"--" + name.replace("_", "-") for name in exclude}
+    opts = [o for o, name in zip(opts, OPTION_NAMES) if name not in dropped]
 
     def deco(f):
         for opt in reversed(opts):

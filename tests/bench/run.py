@@ -13,7 +13,7 @@ import time
 
 import click
 
-SECTIONS = ["render", "loader", "cluster"]
+SECTIONS = ["render", "loader", "cluster", "probe"]
 
 
 def machine() -> str:

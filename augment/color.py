@@ -1,0 +1,79 @@
+"""Colour jitter as one affine map in RGB (paper §3.1: "a set of linear transformations in RGB space").
+
+Fixed order, each a linear (or affine) map of the RGB vector x:
+  1. brightness b:  x -> b x
+  2. contrast c:    x -> c x + (1 - c) m 1, m = the patch's mean grey after step 1
+  3. saturation s:  x -> s x + (1 - s) (g . x) 1, g = ITU-R 601 luma weights
+  4. hue h:         rotation by 2 pi h about the grey axis (1, 1, 1) (h = 1/3 maps red to green)
+Composed into one 3 x 4 matrix and applied once, then rounded and clipped to uint8 (no clipping in
+between, unlike torchvision's ColorJitter, which also randomises the order).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class JitterParams:
+    """Half-widths of the factor ranges: factors ~ U(1 - x, 1 + x); hue ~ U(-hue, hue) of the circle."""
+
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Jitter:
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+
+
+def sample_jitter(rng: np.random.Generator, p: JitterParams) -> Jitter:
+    """Draw the four factors (always drawn, so that --no-jitter leaves every other draw unchanged)."""
+    u = rng.random(4)
+    j = Jitter(1 - p.brightness + 2 * p.brightness * float(u[0]), 1 - p.contrast + 2 * p.contrast * float(u[1]),
+               1 - p.saturation + 2 * p.saturation * float(u[2]), -p.hue + 2 * p.hue * float(u[3]))
+    return j if p.enabled else Jitter(1.0, 1.0, 1.0, 0.0)
+
+
+_K = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
+_ONES_LUMA = np.outer(np.ones(3), LUMA)
+
+
+def hue_rotation(h: float) -> np.ndarray:
+    """3 x 3 rotation by 2 pi h about the grey axis (Rodrigues' formula, axis (1, 1, 1) / sqrt 3)."""
+    t = 2 * math.pi * h
+    return math.cos(t) * np.eye(3) + math.sin(t) * _K + (1 - math.cos(t)) / 3.0 * np.ones((3, 3))
+
+
+def color_matrix(j: Jitter, mean_rgb) -> np.ndarray:
+    """The composed 3 x 4 affine map [A | t] for a patch whose per-channel mean is ``mean_rgb``.
+
+    A = c b R(h) (s I + (1 - s) 1 g^T) = c b (s R(h) + (1 - s) 1 g^T), since R fixes the grey axis;
+    saturation and hue fix grey too, so the contrast offset (1 - c) m 1 passes through unchanged.
+    """
+    A = (j.contrast * j.brightness) * (j.saturation * hue_rotation(j.hue) + (1 - j.saturation) * _ONES_LUMA)
+    m = j.brightness * (0.299 * mean_rgb[0] + 0.587 * mean_rgb[1] + 0.114 * mean_rgb[2])
+    out = np.empty((3, 4))
+    out[:, :3] = A
+    out[:, 3] = (1 - j.contrast) * m
+    return out
+
+
+def apply_bgr(rgba: np.ndarray, j: Jitter) -> np.ndarray:
+    """S x S x 4 RGB(A) patch -> jittered S x S x 3 uint8 in BGR (the encoders' order), one pass."""
+    rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+    if j == Jitter(1.0, 1.0, 1.0, 0.0):
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    M = color_matrix(j, cv2.mean(rgb))[::-1]  # rows reversed: the output comes out as BGR at no cost
+    return cv2.transform(rgb, np.ascontiguousarray(M))

@@ -1,0 +1,168 @@
+"""Geometry of one patch: the crop/rotation/flip sampler and the single affine resampling.
+
+Coordinates are continuous source pixels of the full-resolution image with edges at integers: the
+image covers [0, W] x [0, H] and pixel (i, j) is centred at (i + 0.5, j + 0.5). A crop is a rectangle
+of size (w, h) centred at (cx, cy) and rotated by ``angle`` degrees; "rotate the image, then crop an
+axis-aligned box inside it" (paper §3.1) is the same as this rotated crop lying inside the source, which
+holds iff its axis-aligned bounding box (w|cos a| + h|sin a|, w|sin a| + h|cos a|) does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Pyramid levels shrink by sqrt(2): bilinear then never reads at more than ~1.4x (x the crop's aspect)
+# its level's pixel pitch, so a shrinking patch is antialiased by the level's area filter.
+LEVEL_STEP = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class GeomParams:
+    """The paper's crop parameters (β, γ, α range, flip probability) and the ablation switches."""
+
+    min_area: float = 1e-3
+    max_area: float = 1.0
+    aspect: float = 0.75
+    max_angle: float = 35.0
+    flip_prob: float = 0.5
+    scale: bool = True
+    rotation: bool = True
+
+
+@dataclass(frozen=True)
+class Crop:
+    cx: float
+    cy: float
+    w: float
+    h: float
+    angle: float
+    flip: bool
+    fallback: bool
+
+    def bbox(self) -> tuple[float, float]:
+        return bbox(self.w, self.h, self.angle)
+
+
+def bbox(w: float, h: float, angle: float) -> tuple[float, float]:
+    """Axis-aligned size of a (w, h) rectangle rotated by ``angle`` degrees."""
+    c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    return w * c + h * s, w * s + h * c
+
+
+def max_area(W: int, H: int, ratio: float, angle: float) -> float:
+    """Largest area (pixels) of a crop with h/w = ``ratio`` rotated by ``angle`` that fits in W x H."""
+    bw, bh = bbox(1 / math.sqrt(ratio), math.sqrt(ratio), angle)  # the unit-area crop's box
+    return min(W / bw, H / bh) ** 2
+
+
+def sample_crop(rng: np.random.Generator, W: int, H: int, p: GeomParams) -> Crop:
+    """Draw one crop inside a W x H source: six draws, no retries, bounded time for any source.
+
+    Draw order is fixed (flip, angle, log-aspect, area, x, y); flip and angle are drawn even when their
+    ablation is on, so ablated sets share every other draw with the full set. log(h/w) ~ U[log γ, -log γ]
+    and the angle are drawn first; the area fraction is then uniform over the part of [β, max_area] that
+    fits at that aspect and angle (no rejection loop: docs/augmentation.md). Only when even β does not
+    fit (extreme sources) is the crop the largest that fits (``fallback``, area below β). With ``scale``
+    off the crop is the whole image (its own aspect), shrunk about its centre if rotated.
+    """
+    flip = bool(rng.random() < p.flip_prob)
+    angle = float(rng.uniform(-p.max_angle, p.max_angle))
+    if not p.rotation:
+        angle = 0.0
+    ratio = math.exp(float(rng.uniform(math.log(p.aspect), -math.log(p.aspect))))
+    u = float(rng.random())
+    fallback = False
+    if p.scale:
+        hi = min(p.max_area * W * H, max_area(W, H, ratio, angle))
+        lo = p.min_area * W * H
+        if hi < lo:
+            area, fallback = hi, True
+        else:
+            area = lo + u * (hi - lo)
+        w, h = math.sqrt(area / ratio), math.sqrt(area * ratio)
+    else:
+        t = min(1.0, math.sqrt(max_area(W, H, H / W, angle) / (W * H)))
+        w, h = W * t, H * t
+    w, h = w * (1 - 1e-12), h * (1 - 1e-12)  # keep the box strictly inside after rounding
+    bw, bh = bbox(w, h, angle)
+    cx = bw / 2 + float(rng.random()) * max(W - bw, 0.0)
+    cy = bh / 2 + float(rng.random()) * max(H - bh, 0.0)
+    return Crop(cx, cy, w, h, angle, flip, fallback)
+
+
+def crop_to_source(crop: Crop, size: int) -> np.ndarray:
+    """2 x 3 affine map from output pixel indices (u, v) of an S x S patch to source coordinates."""
+    return np.array(_affine(crop, size, 1.0, 1.0)).reshape(2, 3)
+
+
+def _affine(crop: Crop, size: int, sx: float, sy: float) -> list[float]:
+    """Row-major 2 x 3 map (u, v) -> source coordinates divided by (sx, sy) (plain floats: per-patch hot path).
+
+    With p = fx (u + 0.5 - S/2), q = fy (v + 0.5 - S/2): x = cx + p cos a + q sin a, y = cy - p sin a + q cos a.
+    """
+    a = math.radians(crop.angle)
+    c, s = math.cos(a), math.sin(a)
+    fx = (-1.0 if crop.flip else 1.0) * crop.w / size
+    fy = crop.h / size
+    o = 0.5 - size / 2.0
+    a00, a01, a10, a11 = fx * c / sx, fy * s / sx, -fx * s / sy, fy * c / sy
+    return [a00, a01, crop.cx / sx + (a00 + a01) * o, a10, a11, crop.cy / sy + (a10 + a11) * o]
+
+
+class Pyramid:
+    """Area-filtered levels of one source (4 channels: OpenCV's fast bilinear path), built once."""
+
+    def __init__(self, rgb: np.ndarray, size: int):
+        H, W = rgb.shape[:2]
+        self.W, self.H = W, H
+        level = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
+        self.levels, self.scales = [level], [(1.0, 1.0)]
+        # Deepest useful level: a whole-image crop at output size ``size``.
+        need = math.sqrt(W * H) / size
+        k = 1
+        while LEVEL_STEP ** k <= need:
+            w, h = max(1, round(W / LEVEL_STEP ** k)), max(1, round(H / LEVEL_STEP ** k))
+            if (w, h) == level.shape[1::-1]:
+                break
+            level = cv2.resize(level, (w, h), interpolation=cv2.INTER_AREA)
+            self.levels.append(level)
+            self.scales.append((W / w, H / h))
+            k += 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(lv.nbytes for lv in self.levels)
+
+    def choose(self, crop: Crop, size: int) -> int:
+        """Deepest level whose pitch does not exceed the patch's (geometric mean of both axes)."""
+        g = math.sqrt(crop.w * crop.h) / size
+        k = 0
+        while k + 1 < len(self.levels) and math.sqrt(self.scales[k + 1][0] * self.scales[k + 1][1]) <= g:
+            k += 1
+        return k
+
+    def warp(self, crop: Crop, size: int) -> tuple[np.ndarray, int]:
+        """Resample the crop to an S x S x 4 patch from one level, reading only the region it needs."""
+        k = self.choose(crop, size)
+        lv, (sx, sy) = self.levels[k], self.scales[k]
+        a00, a01, a02, a10, a11, a12 = _affine(crop, size, sx, sy)
+        a02 -= 0.5  # level coordinates with pixel centres at integers (OpenCV's convention)
+        a12 -= 0.5
+        e = size - 1.0
+        xs = (a02 - 0.5 * (a00 + a01), a02 + a00 * (e + 0.5) - 0.5 * a01, a02 - 0.5 * a00 + a01 * (e + 0.5),
+              a02 + (a00 + a01) * (e + 0.5))
+        ys = (a12 - 0.5 * (a10 + a11), a12 + a10 * (e + 0.5) - 0.5 * a11, a12 - 0.5 * a10 + a11 * (e + 0.5),
+              a12 + (a10 + a11) * (e + 0.5))
+        h, w = lv.shape[:2]
+        x0, y0 = max(math.floor(min(xs)) - 1, 0), max(math.floor(min(ys)) - 1, 0)
+        x1, y1 = min(math.ceil(max(xs)) + 2, w), min(math.ceil(max(ys)) + 2, h)
+        M = np.array([[a00, a01, a02 - x0], [a10, a11, a12 - y0]])
+        # A contiguous copy of the region warps faster than a strided view into the level (measured).
+        # Replicate (never constant black): the bound above only lets sub-pixel rounding reach the edge.
+        roi = np.ascontiguousarray(lv[y0:y1, x0:x1])
+        out = cv2.warpAffine(roi, M, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        return out, k

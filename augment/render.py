@@ -1,0 +1,436 @@
+"""Render N source images into D augmented S x S patches, stored once as a frozen WebDataset shard set.
+
+Sample ``i`` is a pure function of (recipe, sources, i): its random draws come from
+``Generator(PCG64(SeedSequence([seed, i])))`` and its source is ``i % N``. Shards hold fixed runs of
+sample indices, so the bytes of every shard are independent of ``--workers`` and ``--shard-range``.
+
+Folder layout while rendering (docs/shard-format.md): ``shard-NNNNNN.tar`` (complete shards only),
+``.render/job.json`` (what is being rendered: refuses a different job), ``.render/shard-NNNNNN.json``
+(size and sha256 of each complete shard: what a resumed run keeps), ``manifest.part-I-J.json`` (one per
+``--shard-range`` job) and, last, ``manifest.json``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import multiprocessing
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+import click
+import cv2
+import numpy as np
+
+from augment.color import JitterParams, apply_bgr, sample_jitter
+from augment.geometry import GeomParams, Pyramid, sample_crop
+from augment.manifest import MANIFEST, read_manifest, write_manifest
+from augment.shards import ShardInfo, sample_key, sha256_file, shard_name, write_shard
+from augment.sources import DEFAULT_MAX_PIXELS, Source, load_all
+
+JOB_DIR = ".render"
+PRESETS = {"imagenet": {"count": 1_281_167, "size": 256}, "cifar": {"count": 50_000, "size": 32}}
+PNG_COMPRESSION = 6
+SAMPLER = "pcg64-seedsequence[seed,index]-v1"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that affects the bytes of a set (and nothing else): the manifest's ``config``."""
+
+    count: int = PRESETS["imagenet"]["count"]
+    size: int = PRESETS["imagenet"]["size"]
+    n: int = 1
+    seed: int = 0
+    image_format: str = "jpg"
+    quality: int = 95
+    samples_per_shard: int = 1000
+    geom: GeomParams = field(default_factory=GeomParams)
+    jitter: JitterParams = field(default_factory=JitterParams)
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.count / self.samples_per_shard)
+
+    def shard_span(self, si: int) -> tuple[int, int]:
+        first = si * self.samples_per_shard
+        return first, min(self.count, first + self.samples_per_shard)
+
+    def to_config(self) -> dict:
+        g, j = self.geom, self.jitter
+        return {"count": self.count, "size": self.size, "n": self.n, "seed": self.seed,
+                "image_format": self.image_format, "jpeg_quality": self.quality, "png_compression": PNG_COMPRESSION,
+                "jpeg_subsampling": "4:2:0", "encoder": "opencv", "samples_per_shard": self.samples_per_shard,
+                "source_of_sample": "index % n", "sampler": SAMPLER, "interpolation": "bilinear",
+                "antialias": "area pyramid, step sqrt(2)",
+                "min_area": g.min_area, "max_area": g.max_area, "aspect": g.aspect, "max_angle": g.max_angle,
+                "flip_prob": g.flip_prob, "scale": g.scale, "rotation": g.rotation,
+                "jitter": j.enabled, "brightness": j.brightness, "contrast": j.contrast,
+                "saturation": j.saturation, "hue": j.hue}
+
+    @classmethod
+    def from_config(cls, c: dict) -> "Recipe":
+        geom = GeomParams(c["min_area"], c["max_area"], c["aspect"], c["max_angle"], c["flip_prob"], c["scale"],
+                          c["rotation"])
+        jit = JitterParams(c["brightness"], c["contrast"], c["saturation"], c["hue"], c["jitter"])
+        return cls(c["count"], c["size"], c["n"], c["seed"], c["image_format"], c["jpeg_quality"],
+                   c["samples_per_shard"], geom, jit)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """One `render` invocation: the recipe plus what does not affect bytes (where, how fast, which part)."""
+
+    image: str
+    out: str
+    recipe: Recipe = field(default_factory=Recipe)
+    workers: int = 1
+    shard_range: tuple[int, int] | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = True
+    command: str = ""
+
+
+def resolve_format(fmt: str, size: int) -> str:
+    """``auto`` is lossless PNG for S <= 64 (CIFAR-sized, where JPEG artefacts are a large share of the
+    signal and PNG is small), JPEG q95 above."""
+    return ("png" if size <= 64 else "jpg") if fmt == "auto" else fmt
+
+
+def encode(bgr: np.ndarray, fmt: str, quality: int) -> bytes:
+    """uint8 BGR patch -> JPEG (libjpeg-turbo via OpenCV, 4:2:0) or PNG bytes."""
+    if fmt == "jpg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    else:
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {fmt} patch")
+    return buf.tobytes()
+
+
+class Renderer:
+    """Holds the sources' pyramids; renders samples and whole shards (one per worker task)."""
+
+    def __init__(self, recipe: Recipe, sources: list[Source]):
+        self.recipe = recipe
+        self.names = [s.name for s in sources]
+        self.pyramids = [Pyramid(s.rgb, recipe.size) for s in sources]
+
+    def sample(self, index: int) -> dict[str, bytes]:
+        """Members of sample ``index``: the encoded patch and its parameters as JSON."""
+        r = self.recipe
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([r.seed, index])))
+        src = index % len(self.pyramids)
+        pyr = self.pyramids[src]
+        jit = sample_jitter(rng, r.jitter)  # fixed-length draws first, the variable-length crop after
+        crop = sample_crop(rng, pyr.W, pyr.H, r.geom)
+        rgba, level = pyr.warp(crop, r.size)
+        data = encode(apply_bgr(rgba, jit), r.image_format, r.quality)
+        meta = {"index": index, "source": self.names[src], "source_index": src,
+                "crop": {"cx": crop.cx, "cy": crop.cy, "w": crop.w, "h": crop.h}, "angle": crop.angle,
+                "flip": crop.flip, "brightness": jit.brightness, "contrast": jit.contrast,
+                "saturation": jit.saturation, "hue": jit.hue, "level": level, "fallback": crop.fallback}
+        return {r.image_format: data, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()}
+
+    def shard(self, out: str, si: int) -> dict:
+        """Write shard ``si`` atomically, then its sidecar; returns the manifest entry."""
+        first, end = self.recipe.shard_span(si)
+        info = write_shard(os.path.join(out, shard_name(si)), first,
+                           ((sample_key(i), self.sample(i)) for i in range(first, end)))
+        _write_json(os.path.join(out, JOB_DIR, shard_name(si).replace(".tar", ".json")), info.to_json())
+        return info.to_json()
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".partial"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def versions() -> dict:
+    """Library versions that can change bytes (encoder included), recorded in every manifest."""
+    import platform
+    from importlib import metadata
+
+    import PIL
+
+    build = cv2.getBuildInformation().splitlines()
+    lib = {k: next((ln.split(":", 1)[1].strip() for ln in build if ln.strip().startswith(k + ":")), "unknown")
+           for k in ("JPEG", "PNG")}
+    try:
+        pkg = metadata.version("single-image-ssl")
+    except metadata.PackageNotFoundError:
+        pkg = "unknown"
+    return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+            "pillow": PIL.__version__, "pillow_simd": ".post" in PIL.__version__, "jpeg_encoder":
+            f"OpenCV imencode, {lib['JPEG']}", "png_encoder": f"OpenCV imencode, {lib['PNG']}",
+            "single-image-ssl": pkg}
+
+
+def manifest_data(job: dict, shards: list[dict], command: str) -> dict:
+    """The manifest of a complete set; one function for render and merge, so both write the same."""
+    c = job["config"]
+    return {"count": c["count"], "size": c["size"], "image_format": c["image_format"], "seed": c["seed"],
+            "samples_per_shard": c["samples_per_shard"], "config": c, "sources": job["sources"],
+            "shards": sorted(shards, key=lambda s: s["first"]), "versions": versions(), "command": command}
+
+
+def check(cfg: RenderConfig) -> None:
+    """Fail fast on impossible options, before any source is read or file written."""
+    r, g, j = cfg.recipe, cfg.recipe.geom, cfg.recipe.jitter
+    for name, v in (("--n", r.n), ("--count", r.count), ("--size", r.size), ("--workers", cfg.workers),
+                    ("--samples-per-shard", r.samples_per_shard), ("--max-pixels", cfg.max_pixels)):
+        if v <= 0:
+            raise click.ClickException(f"{name} must be a positive integer (got {v})")
+    if r.n > r.count:
+        raise click.ClickException(f"--count {r.count} is smaller than --n {r.n}: every source needs a patch")
+    if r.seed < 0:
+        raise click.ClickException(f"--seed must be >= 0 (got {r.seed})")
+    if r.image_format not in ("jpg", "png") or not 1 <= r.quality <= 100:
+        raise click.ClickException(f"--format must be jpg/png/auto and --quality in 1..100 (got {r.quality})")
+    if not 0 < g.min_area <= g.max_area <= 1:
+        raise click.ClickException(f"need 0 < --min-area <= --max-area <= 1 (got {g.min_area}, {g.max_area})")
+    if not 0 < g.aspect <= 1 or not 0 <= g.max_angle < 90 or not 0 <= g.flip_prob <= 1:
+        raise click.ClickException("need 0 < --aspect <= 1, 0 <= --max-angle < 90, 0 <= --flip <= 1")
+    if min(j.brightness, j.contrast, j.saturation) < 0 or max(j.brightness, j.contrast, j.saturation) > 1 \
+            or not 0 <= j.hue <= 0.5:
+        raise click.ClickException("jitter half-widths must be in [0, 1] (brightness/contrast/saturation), "
+                                   "[0, 0.5] (hue)")
+    if cfg.shard_range is not None:
+        i, k = cfg.shard_range
+        if not 0 <= i < k <= r.n_shards:
+            raise click.ClickException(f"--shard-range {i}:{k} is outside 0:{r.n_shards} (the set has "
+                                       f"{r.n_shards} shards of {r.samples_per_shard})")
+
+
+def _refusal(out: str, theirs: dict, ours: dict) -> click.ClickException:
+    keys = sorted(k for k in set(theirs["config"]) | set(ours["config"])
+                  if theirs["config"].get(k) != ours["config"].get(k))
+    if [s["sha256"] for s in theirs["sources"]] != [s["sha256"] for s in ours["sources"]]:
+        keys.append("sources")
+    return click.ClickException(f"{out} holds a different render (differs in: {', '.join(keys)}); "
+                                f"use a new --out or delete that folder")
+
+
+def prepare_out(out: str, job: dict) -> tuple[bool, bool]:
+    """Create or re-open ``out`` for ``job``; refuse a folder holding anything else.
+
+    Returns (created the folder, created the job file) so that a failed start can be undone.
+    """
+    created_dir = not os.path.exists(out)
+    job_path = os.path.join(out, JOB_DIR, "job.json")
+    if os.path.isfile(job_path):
+        with open(job_path) as f:
+            theirs = json.load(f)
+        if theirs["config"] != job["config"] or theirs["sources"] != job["sources"]:
+            raise _refusal(out, theirs, job)
+        return False, False
+    if os.path.isfile(os.path.join(out, MANIFEST)):
+        m = read_manifest(out)
+        theirs = {"config": m.config, "sources": m.sources}
+        if m.config != job["config"] or [s["sha256"] for s in m.sources] != [s["sha256"] for s in job["sources"]]:
+            raise _refusal(out, theirs, job)
+    elif os.path.isdir(out) and set(os.listdir(out)) - {JOB_DIR}:
+        raise click.ClickException(f"--out {out} is not empty and holds no render; use an empty or new folder")
+    try:
+        os.makedirs(os.path.join(out, JOB_DIR), exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"--out {out}: cannot create the folder ({e.strerror}); "
+                                   f"choose a writable location") from None
+    try:
+        _write_json(job_path, job)
+    except OSError as e:
+        _undo_start(out, created_dir, True)
+        raise click.ClickException(f"--out {out}: cannot write ({e.strerror}); choose a writable location "
+                                   f"with free space") from None
+    return created_dir, True
+
+
+def _undo_start(out: str, created_dir: bool, created_job: bool) -> None:
+    """Remove what a failed start made: nothing but this run's bookkeeping (never a complete shard)."""
+    jdir = os.path.join(out, JOB_DIR)
+    if created_job:
+        for p in glob.glob(os.path.join(jdir, "*")):
+            os.remove(p)
+        if os.path.isdir(jdir) and not os.listdir(jdir):
+            os.rmdir(jdir)
+    if created_dir and os.path.isdir(out) and not os.listdir(out):
+        os.rmdir(out)
+
+
+def shard_complete(out: str, recipe: Recipe, si: int) -> dict | None:
+    """The sidecar of shard ``si`` if the tar on disk matches it (size, then sha256), else None."""
+    tar = os.path.join(out, shard_name(si))
+    side = os.path.join(out, JOB_DIR, shard_name(si).replace(".tar", ".json"))
+    if not (os.path.isfile(tar) and os.path.isfile(side)):
+        return None
+    try:
+        with open(side) as f:
+            info = json.load(f)
+    except ValueError:
+        return None
+    first, end = recipe.shard_span(si)
+    if (info.get("first"), info.get("count")) != (first, end - first) or os.path.getsize(tar) != info.get("bytes"):
+        return None
+    return info if sha256_file(tar) == info.get("sha256") else None
+
+
+_RENDERER: Renderer | None = None
+_OUT = ""
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one core per worker; OpenCV's own threads would fight the pool
+
+
+def _task(si: int) -> dict:
+    return _RENDERER.shard(_OUT, si)
+
+
+def run_shards(renderer: Renderer, out: str, todo: list[int], workers: int, progress: bool) -> list[dict]:
+    """Render shards ``todo`` (whole shards per task) with a progress bar over samples."""
+    global _RENDERER, _OUT
+    from tqdm import tqdm
+
+    r = renderer.recipe
+    total = sum(r.shard_span(si)[1] - r.shard_span(si)[0] for si in todo)
+    done: list[dict] = []
+    bar = tqdm(total=total, unit="patch", unit_scale=True, smoothing=0.1, disable=not progress,
+               desc=f"render {os.path.basename(out.rstrip('/'))}", file=sys.stderr)
+    with bar:
+        if workers == 1 or len(todo) == 1:
+            _init_worker()
+            results = (renderer.shard(out, si) for si in todo)
+            for info in results:
+                done.append(info)
+                bar.update(info["count"])
+            return done
+        _RENDERER, _OUT = renderer, out  # inherited by the forked workers, pyramids shared copy-on-write
+        try:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(todo)), _init_worker) as pool:
+                for info in pool.imap_unordered(_task, todo):
+                    done.append(info)
+                    bar.update(info["count"])
+        finally:
+            _RENDERER = None
+    return done
+
+
+def piece_name(i: int, k: int) -> str:
+    return f"manifest.part-{i:06d}-{k:06d}.json"
+
+
+def render(cfg: RenderConfig) -> dict:
+    """Render (or resume) the set described by ``cfg``; returns a summary dict.
+
+    Writes ``manifest.json`` when the whole set is complete, else (with --shard-range) a manifest piece
+    for ``merge``. Sources are decoded and every option checked before anything is written.
+    """
+    check(cfg)
+    r = cfg.recipe
+    sources = load_all(cfg.image, r.n, r.seed, cfg.max_pixels)
+    job = {"config": r.to_config(), "sources": [s.record() for s in sources]}
+    out = cfg.out
+    created_dir, created_job = prepare_out(out, job)
+    lo, hi = cfg.shard_range or (0, r.n_shards)
+    kept = {si: info for si in range(lo, hi) if (info := shard_complete(out, r, si))}
+    todo = [si for si in range(lo, hi) if si not in kept]
+    try:
+        if todo:
+            for stale in glob.glob(os.path.join(out, "*.partial")):
+                os.remove(stale)
+            renderer = Renderer(r, sources)
+            del sources  # the pyramids are what the workers need
+            kept.update((d["first"] // r.samples_per_shard, d) for d in
+                        run_shards(renderer, out, todo, cfg.workers, cfg.progress))
+        shards = [kept[si] for si in range(lo, hi)]
+        if (lo, hi) == (0, r.n_shards):
+            set_id = write_manifest(out, manifest_data(job, shards, cfg.command))
+            written = MANIFEST
+        else:
+            set_id = None
+            written = piece_name(lo, hi)
+            _write_json(os.path.join(out, written), {"job": job, "range": [lo, hi], "n_shards": r.n_shards,
+                                                     "shards": shards, "command": cfg.command})
+    except OSError as e:
+        if created_job and not any(os.path.isfile(os.path.join(out, shard_name(s))) for s in range(lo, hi)):
+            _undo_start(out, created_dir, created_job)
+        raise click.ClickException(f"--out {out}: cannot write ({e.strerror or e}); free space or choose "
+                                   f"another --out, then re-run the same command to resume") from None
+    return {"out": out, "id": set_id, "written": written, "rendered": len(todo), "kept": hi - lo - len(todo),
+            "shards": hi - lo}
+
+
+def merge(out: str) -> str:
+    """Combine ``manifest.part-*.json`` pieces in ``out`` into ``manifest.json``; returns the set's id."""
+    pieces = sorted(glob.glob(os.path.join(out, "manifest.part-*.json")))
+    if not pieces:
+        raise click.ClickException(f"{out}: no manifest.part-*.json pieces to merge; render with --shard-range "
+                                   f"into this folder first")
+    loaded = []
+    for p in pieces:
+        try:
+            with open(p) as f:
+                loaded.append(json.load(f))
+        except ValueError as e:
+            raise click.ClickException(f"{p}: unreadable piece ({e}); re-run that --shard-range job") from None
+    job = loaded[0]["job"]
+    by_index: dict[int, dict] = {}
+    for p, piece in zip(pieces, loaded):
+        if piece["job"] != job:
+            raise _refusal(f"{out} ({os.path.basename(p)})", piece["job"], job)
+        for s in piece["shards"]:
+            by_index[s["first"] // job["config"]["samples_per_shard"]] = s
+    n = loaded[0]["n_shards"]
+    missing = [si for si in range(n) if si not in by_index]
+    if missing:
+        spans = ", ".join(shard_name(si) for si in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise click.ClickException(f"{out}: {len(missing)} of {n} shards have no piece ({spans}); render "
+                                   f"their --shard-range, then merge again")
+    for si, s in sorted(by_index.items()):
+        path = os.path.join(out, s["name"])
+        if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"]:
+            raise click.ClickException(f"{path}: missing or not the size its piece records; re-render its "
+                                       f"--shard-range, then merge again")
+    command = _strip_range(loaded[0].get("command", ""))
+    return write_manifest(out, manifest_data(job, [by_index[si] for si in range(n)], command))
+
+
+def _strip_range(command: str) -> str:
+    """The single-machine command of a --shard-range job (its range removed)."""
+    words = shlex.split(command)
+    keep = []
+    skip = False
+    for w in words:
+        if skip:
+            skip = False
+        elif w == "--shard-range":
+            skip = True
+        elif not w.startswith("--shard-range="):
+            keep.append(w)
+    return shlex.join(keep)
+
+
+def canonical_command(image: str, recipe: Recipe, out: str, workers: int = 1) -> str:
+    """A command line that reproduces ``recipe`` (every byte-affecting option spelled out)."""
+    g, j = recipe.geom, recipe.jitter
+    words = ["python", "-m", "augment", "render", "--image", image, "--n", str(recipe.n), "--count",
+             str(recipe.count), "--size", str(recipe.size), "--seed", str(recipe.seed), "--format",
+             recipe.image_format, "--quality", str(recipe.quality), "--samples-per-shard",
+             str(recipe.samples_per_shard)]
+    defaults_g, defaults_j = GeomParams(), JitterParams()
+    for opt, v, d in (("--min-area", g.min_area, defaults_g.min_area), ("--max-area", g.max_area, defaults_g.max_area),
+                      ("--aspect", g.aspect, defaults_g.aspect), ("--max-angle", g.max_angle, defaults_g.max_angle),
+                      ("--flip", g.flip_prob, defaults_g.flip_prob),
+                      ("--brightness", j.brightness, defaults_j.brightness),
+                      ("--contrast", j.contrast, defaults_j.contrast),
+                      ("--saturation", j.saturation, defaults_j.saturation), ("--hue", j.hue, defaults_j.hue)):
+        if v != d:
+            words += [opt, repr(v)]
+    words += [f for f, on in (("--no-scale", not g.scale), ("--no-rotation", not g.rotation),
+                              ("--no-jitter", not j.enabled)) if on]
+    return shlex.join(words + ["--out", out])

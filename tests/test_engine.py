@@ -1,0 +1,158 @@
+"""The shared loop: atomic checkpoints, kill + resume, architecture from the checkpoint, NaN stop, logs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.toyset import make_toy_set
+from train import engine, rotnet
+from train.engine import load_checkpoint, save_atomic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--arch", "small", "--crop", "28", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+        "--eval-batches", "0"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(rotnet.cli, [str(a) for a in args])
+
+
+def logs(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_crash_during_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    save_atomic({"v": 1}, path)
+
+    def torn(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError):
+        save_atomic({"v": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"v": 1} and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+# Runs rotnet in a subprocess that parks (sleeps) when it reaches a given training batch, after
+# writing a marker: the test then SIGKILLs it there, mid-epoch, after its first checkpoint.
+PARK = """
+import os, sys, time
+import train.rotnet as r
+n, park_at, marker = 0, int(os.environ["PARK_AT"]), os.environ["PARK_MARKER"]
+orig = r.prepare
+def prepare(*a, **k):
+    global n
+    n += 1
+    if n == park_at:
+        open(marker, "w").close()
+        time.sleep(600)
+    return orig(*a, **k)
+r.prepare = prepare
+r.cli(sys.argv[1:])
+"""
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    shards = make_toy_set(str(tmp_path / "toy"), count=32, size=32, per_shard=8)
+    args = ["--shards", shards, *FAST, "--epochs", "2", "--batch-size", "8"]   # 4 batches per epoch
+    killed, marker = str(tmp_path / "killed"), str(tmp_path / "parked")
+    env = dict(os.environ, PARK_AT="7", PARK_MARKER=marker, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", PARK, "--out", killed, *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(marker):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the run never reached batch 7"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    mid = load_checkpoint(killed)
+    assert (mid["epoch"], mid["step"]) == (1, 4)      # the end-of-epoch-0 checkpoint survived the kill
+    r = invoke("--out", killed, "--resume", *args)
+    assert r.exit_code == 0, r.output
+    r = invoke("--out", tmp_path / "straight", *args)
+    assert r.exit_code == 0, r.output
+    a, b = load_checkpoint(killed), load_checkpoint(str(tmp_path / "straight"))
+    assert a["step"] == b["step"] == 8 and a["epoch"] == b["epoch"] == 2
+    assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    assert all(torch.equal(x, y) for x, y in zip(a["state"]["optimizer"]["state"][0].values(),
+                                                 b["state"]["optimizer"]["state"][0].values()))
+
+
+def test_checkpoint_architecture_wins_on_resume(toy_set, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("--shards", toy_set, "--out", out, *FAST, "--max-steps", 1).exit_code == 0
+    # The command line asks for another architecture and crop: the checkpoint's are used.
+    args = ["--shards", toy_set, "--out", out, "--batch-size", "4", "--workers", "0", "--device", "cpu",
+            "--eval-batches", "0", "--arch", "alexnet", "--crop", "64", "--max-steps", "2", "--resume"]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(str(out))
+    assert ck["encoder_spec"]["arch"] == "small" and ck["config"]["crop"] == 28 and ck["step"] == 2
+    headers = [l for l in logs(out) if "git" in l]
+    assert headers[1]["arch_from_checkpoint"] == {"arch": "small", "crop": 28}
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_set, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert invoke("--shards", toy_set, "--out", out, *FAST, "--max-steps", 2).exit_code == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(rotnet, "prepare", lambda images, device: torch.full(images.shape, float("nan")))
+    r = invoke("--shards", toy_set, "--out", out, *FAST, "--max-steps", 4, "--resume")
+    assert r.exit_code != 0 and "loss is nan at epoch 0 step 2" in r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert "Traceback" not in r.output and len(errors) == 1 and "--resume" in errors[0]
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert logs(out)[-1]["event"] == "non_finite"
+
+
+def test_resume_without_checkpoint_and_existing_run(toy_set, tmp_path):
+    r = invoke("--shards", toy_set, "--out", tmp_path / "none", *FAST, "--resume")
+    assert r.exit_code != 0 and "--resume: no checkpoint" in r.output
+    assert invoke("--shards", toy_set, "--out", tmp_path / "a", *FAST, "--max-steps", 1).exit_code == 0
+    r = invoke("--shards", toy_set, "--out", tmp_path / "a", *FAST, "--max-steps", 1)
+    assert r.exit_code != 0 and "already holds a run" in r.output
+
+
+@pytest.mark.parametrize("device,message", [("tpu9", "unknown device"), ("meta", "unsupported device")]
+                         + ([] if torch.cuda.is_available() else [("cuda", "no CUDA device")]))
+def test_bad_device(toy_set, tmp_path, device, message):
+    r = invoke("--shards", toy_set, "--out", tmp_path / "run", *FAST[:-4], "--device", device)
+    assert r.exit_code != 0 and message in r.output
+
+
+def test_log_header_then_json_lines(toy_set, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("--shards", toy_set, "--out", out, *FAST, "--max-steps", 2).exit_code == 0
+    with open(out / "log.jsonl") as f:
+        raw = f.read().splitlines()
+    head = json.loads(raw[0])
+    assert list(head)[:2] == ["git", "config"] and head["git"] == engine.git_revision()
+    assert list(head["config"]) == sorted(head["config"]) and head["config"]["max_steps"] == 2
+    assert {"torch", "torchvision", "numpy"} <= set(head["versions"])
+    rest = [json.loads(line) for line in raw[1:]]
+    assert rest and all({"epoch", "step", "elapsed_s", "event"} <= set(r) for r in rest)
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    p = tmp_path / "x.pt"
+    torch.save({"weights": 1}, p)
+    with pytest.raises(Exception, match="not a checkpoint of this project"):
+        load_checkpoint(str(p))
+    p.write_bytes(b"garbage")
+    with pytest.raises(Exception, match="not a readable checkpoint"):
+        load_checkpoint(str(p))

@@ -1,0 +1,139 @@
+"""The shard loader: equal batches per rank, order = f(seed, epoch), exact skip, clear errors."""
+import io
+import os
+import tarfile
+
+import click
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.toyset import make_toy_set
+from train.data import (center_crop, decode_image, make_loader, plan_epoch, prepare, random_crop_flip,
+                        random_resized_crop_flip)
+
+
+def batches(loader, epoch=0, skip=0):
+    return [(x.clone(), i.tolist()) for x, i in loader.epoch(epoch, skip)]
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    # Five shards of very different sizes: the case where webdataset's DDP epochs hang.
+    return make_toy_set(str(tmp_path_factory.mktemp("u") / "set"), count=50, size=32, fmt="jpg",
+                        shard_counts=[20, 5, 13, 11, 1])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_equal_batches_on_two_ranks_with_uneven_shards(uneven, workers):
+    per_rank = [batches(make_loader(uneven, batch_size=4, workers=workers, seed=0, rank=r, world_size=2))
+                for r in range(2)]
+    assert [len(b) for b in per_rank] == [50 // (2 * 4)] * 2
+    assert all(x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 for b in per_rank for x, _ in b)
+    seen = [i for b in per_rank for _, idx in b for i in idx]
+    # Balanced pieces: nearly every sample is read once (48 of 50 fit in 12 batches).
+    assert len(set(seen)) >= 44 and set(seen) <= set(range(50))
+
+
+def test_same_seed_same_batches_and_epochs_differ(uneven):
+    a = batches(make_loader(uneven, batch_size=4, workers=2, seed=3, transform=random_crop_flip(24)))
+    b = batches(make_loader(uneven, batch_size=4, workers=2, seed=3, transform=random_crop_flip(24)))
+    assert [i for _, i in a] == [i for _, i in b]
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
+    other = batches(make_loader(uneven, batch_size=4, workers=0, seed=3), epoch=1)
+    again = batches(make_loader(uneven, batch_size=4, workers=0, seed=3), epoch=0)
+    assert [i for _, i in other] != [i for _, i in again]
+    assert [i for _, i in batches(make_loader(uneven, batch_size=4, workers=0, seed=4))] != \
+        [i for _, i in again]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_resumes_an_epoch_exactly(uneven, workers):
+    loader = make_loader(uneven, batch_size=4, workers=workers, seed=1, transform=random_crop_flip(24))
+    full = batches(loader, epoch=2)
+    for k in (1, 5):
+        rest = batches(loader, epoch=2, skip=k)
+        assert [i for _, i in rest] == [i for _, i in full[k:]]
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(rest, full[k:]))
+    assert len(loader.epoch(2, 5)) == len(full) - 5
+
+
+def test_plan_partitions_every_sample_and_balances():
+    counts = [20, 5, 13, 11, 1]
+    plan = plan_epoch(counts, seed=0, epoch=0, n_slots=4)
+    got = []
+    for pieces in plan:
+        for s, k, j in pieces:
+            got += [(s, p) for p in range(j, counts[s], k)]
+    assert sorted(got) == [(s, p) for s in range(5) for p in range(counts[s])]
+    loads = [sum(len(range(j, counts[s], k)) for s, k, j in pieces) for pieces in plan]
+    assert max(loads) - min(loads) <= 1
+
+
+def test_missing_and_resized_shards_are_named(tmp_path):
+    d = make_toy_set(str(tmp_path / "s"), count=32, size=32, per_shard=16)
+    os.remove(os.path.join(d, "shard-000001.tar"))
+    with pytest.raises(click.ClickException, match="shard-000001.tar: shard missing"):
+        make_loader(d, batch_size=4, workers=0, seed=0)
+    d2 = make_toy_set(str(tmp_path / "t"), count=32, size=32, per_shard=16)
+    with open(os.path.join(d2, "shard-000000.tar"), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(click.ClickException, match="shard-000000.tar: .*damaged"):
+        make_loader(d2, batch_size=4, workers=0, seed=0)
+
+
+def damage(path: str, member: int, where: str) -> None:
+    """Overwrite bytes of one member's header or data in place (the file keeps its size)."""
+    with tarfile.open(path) as t:
+        m = t.getmembers()[member]
+    off = m.offset if where == "header" else m.offset_data + 50
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(b"\x07" * 300)
+
+
+@pytest.mark.parametrize("where,message", [("header", "holds 3 readable samples"),
+                                           ("data", "sample 000000019 cannot be decoded")])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_mid_read_errors_name_the_shard(tmp_path, where, message, workers):
+    d = make_toy_set(str(tmp_path / "s"), count=32, size=32, per_shard=16, fmt="jpg")
+    damage(os.path.join(d, "shard-000001.tar"), 6, where)   # member 6 = sample 19's .jpg
+    loader = make_loader(d, batch_size=4, workers=workers, seed=0)
+    with pytest.raises(click.ClickException) as e:
+        list(loader.epoch(0))
+    assert "shard-000001.tar" in e.value.message and message in e.value.message
+    assert "\n" not in e.value.message
+
+
+def test_wrong_size_names_the_option(toy_set):
+    with pytest.raises(click.ClickException, match="--size 256"):
+        make_loader(toy_set, batch_size=4, workers=0, seed=0, sizes=(256,))
+    with pytest.raises(click.ClickException, match="--batch-size"):
+        make_loader(toy_set, batch_size=1000, workers=0, seed=0)
+
+
+def test_prepare_range_and_decoders_agree():
+    assert prepare(torch.tensor([0, 255], dtype=torch.uint8), torch.device("cpu")).tolist() == [-1.0, 1.0]
+    arr = np.random.default_rng(0).integers(0, 255, (9, 7, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    for how in ("torchvision", "pil"):
+        assert torch.equal(decode_image(buf.getvalue(), how), torch.from_numpy(arr).permute(2, 0, 1))
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    diff = (decode_image(buf.getvalue()).int() - decode_image(buf.getvalue(), "pil").int()).abs()
+    assert diff.float().mean() < 2.0     # two JPEG decoders: equal up to IDCT rounding
+
+
+def test_native_augmentations_are_seeded_and_sized():
+    img = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for t in (random_crop_flip(32), random_resized_crop_flip(24)):
+        a, b = t(img, torch.Generator().manual_seed(5)), t(img, torch.Generator().manual_seed(5))
+        assert torch.equal(a, b) and a.dtype == torch.uint8
+    outs = {random_crop_flip(32)(img, torch.Generator().manual_seed(s)).numpy().tobytes() for s in range(8)}
+    assert len(outs) > 1
+    assert random_resized_crop_flip(24)(img, torch.Generator()).shape == (3, 24, 24)
+    assert torch.equal(center_crop(32)(img, torch.Generator()), img[:, 4:36, 4:36])
+    with pytest.raises(ValueError, match="smaller than the 48 crop"):
+        random_crop_flip(48)(img, torch.Generator())

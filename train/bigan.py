@@ -1,0 +1,219 @@
+"""BiGAN (Donahue et al., 2017) on a shard set: encoder E, generator G, joint discriminator D(x, z).
+
+``python -m train.bigan --shards SET --out DIR`` reads S = 128 sets (the paper), takes BiGAN's native
+augmentation (a random ``--crop`` = 112 window and a horizontal flip) and trains with the standard
+non-saturating BiGAN loss:
+
+    D:    -log D(x, E(x)) - log(1 - D(G(z), z))
+    E, G: -log(1 - D(x, E(x))) - log D(G(z), z)
+
+E is the paper's AlexNet-BN with leaky ReLU (``E.encoder``, conv1..conv5, what every probe reads) plus
+a fully connected head to the 200-d latent. Choices and their sources: docs/gans.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import click
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from augment.manifest import read_manifest
+from train.data import make_loader, prepare, random_crop_flip
+from train.engine import CommonConfig, Run, common_options, unwrap
+from train.gan_models import (BiGANEncoder, JointDiscriminator, Meter, TimeBudget, UpGenerator, fixed_noise,
+                              pair_grid, save_grid)
+
+METHOD = "bigan"
+SHEET = 64     # generated samples per PNG sheet (8 x 8)
+RECON = 16     # real images shown beside their reconstructions G(E(x))
+MIN_CROP = 64  # AlexNet's conv/pool stack needs about 63 px to keep a 1 x 1 map after conv5's pool
+
+
+@dataclass(frozen=True)
+class Config(CommonConfig):
+    batch_size: int = 128
+    epochs: int = 100
+    crop: int = 112
+    z_dim: int = 200
+    head_width: int = 4096
+    g_width: int = 64
+    d_width: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 2.5e-5
+    sample_every: int = 500
+    time_budget: float = 0.0
+
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("crop", "z_dim", "head_width", "g_width", "d_width")
+
+
+def build(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """E (AlexNet-BN leaky + head), G (z -> crop x crop) and D(x, z), all sized for ``cfg.crop``."""
+    return (BiGANEncoder(cfg.z_dim, cfg.crop, cfg.head_width),
+            UpGenerator(cfg.z_dim, cfg.crop, cfg.g_width, n_up=4),
+            JointDiscriminator(cfg.z_dim, cfg.crop, cfg.d_width, n_down=4))
+
+
+def check_sizes(cfg: Config, set_size: int) -> None:
+    """A crop the networks support, from patches at least that large; else one clear error."""
+    if cfg.crop < MIN_CROP or cfg.crop % 16:
+        raise click.ClickException(f"--crop {cfg.crop}: must be a multiple of 16 and at least {MIN_CROP} "
+                                   f"(AlexNet collapses below that); the paper's is 112")
+    if set_size < cfg.crop:
+        raise click.ClickException(f"{cfg.shards}: patches are {set_size}x{set_size}, smaller than --crop "
+                                   f"{cfg.crop}; render with `python -m augment render --size 128` "
+                                   f"or lower --crop")
+
+
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def train_step(E: nn.Module, G: nn.Module, D: nn.Module, opts: dict[str, torch.optim.Optimizer],
+               real: torch.Tensor, cfg: Config, run: Run) -> dict[str, torch.Tensor]:
+    """One D update, then one joint E + G update against the updated D (non-saturating loss)."""
+    n = real.shape[0]
+    z = torch.rand(n, cfg.z_dim, device=real.device) * 2 - 1
+    with run.autocast():
+        ez, gz = E(real), G(z)
+        # Real and generated pairs share one D forward (its BatchNorm sees both; one forward per backward).
+        logits = D(torch.cat([real, gz.detach()]), torch.cat([ez.detach(), z])).float()
+    d_loss = bce(logits[:n], 1.0) + bce(logits[n:], 0.0)
+    opts["opt_d"].zero_grad(set_to_none=True)
+    d_loss.backward()
+    opts["opt_d"].step()
+    with run.autocast():
+        logits_eg = D(torch.cat([real, gz]), torch.cat([ez, z])).float()
+    eg_loss = bce(logits_eg[:n], 0.0) + bce(logits_eg[n:], 1.0)
+    opts["opt_eg"].zero_grad(set_to_none=True)
+    eg_loss.backward()
+    opts["opt_eg"].step()
+    return {"d_loss": d_loss.detach(), "eg_loss": eg_loss.detach(),
+            "d_acc_real": (logits[:n] > 0).float().mean(), "d_acc_fake": (logits[n:] < 0).float().mean()}
+
+
+@torch.inference_mode()
+def evaluate(E: nn.Module, G: nn.Module, D: nn.Module, real: torch.Tensor, fixed_z: torch.Tensor, run: Run,
+             tag: str) -> dict[str, Any]:
+    """D accuracies and reconstruction error on ``real`` (eval mode); writes samples + reconstructions."""
+    e, g, d = unwrap(E), unwrap(G), unwrap(D)
+    nets = (e, g, d)
+    for m in nets:
+        m.eval()
+    try:
+        ez, fake = e(real), g(fixed_z).float()
+        recon = g(ez).float()
+        z = fixed_z[:real.shape[0]]
+        logit_real, logit_fake = d(real, ez).float(), d(fake[:real.shape[0]], z).float()
+    finally:
+        for m in nets:
+            m.train()
+    out = {"eval_d_acc_real": (logit_real > 0).float().mean().item(),
+           "eval_d_acc_fake": (logit_fake < 0).float().mean().item(),
+           "eval_recon_mse": round(F.mse_loss(recon, real.float()).item(), 6)}
+    if run.dist.is_main:
+        out["sheet"] = save_grid(fake, f"{run.cfg.out}/samples/{tag}.png", nrow=8)
+        out["recon_sheet"] = save_grid(pair_grid(real[:RECON], recon[:RECON]),
+                                       f"{run.cfg.out}/samples/{tag}-recon.png", nrow=8)
+    return out
+
+
+def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
+                    opts: dict[str, torch.optim.Optimizer], loader, epoch: int, cfg: Config,
+                    budget: TimeBudget, fixed_z: torch.Tensor) -> dict[str, Any]:
+    """One pass over the set's batches (fewer when ``--max-steps`` or ``--time-budget`` stops it)."""
+    epoch_meter, log_meter, real, stopped = Meter(), Meter(), None, False
+    batches = run.progress(loader.epoch(epoch), loader.batches_per_epoch, f"{METHOD} epoch {epoch}")
+    for images, _ in batches:
+        real = prepare(images, run.device)
+        stats = train_step(E, G, D, opts, real, cfg, run)
+        loss_d, loss_eg = torch.stack([stats["d_loss"], stats["eg_loss"]]).tolist()
+        run.check_finite(loss_d, "discriminator loss")
+        run.check_finite(loss_eg, "encoder/generator loss")
+        epoch_meter.add(stats)
+        log_meter.add(stats)
+        stopped = run.tick() or budget.reached(run.dist, run.device)
+        if run.step % cfg.log_every == 0:
+            run.log({"event": "train", **log_meter.mean(), "train_seconds": round(budget.spent, 1)})
+            log_meter = Meter()
+        if cfg.sample_every and run.step % cfg.sample_every == 0:
+            evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")
+        if stopped:
+            break
+    return {**epoch_meter.mean(), "stopped": stopped, "real": real}
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Train BiGAN on a shard set; returns the last epoch's summary (also in OUT/log.jsonl)."""
+    if not cfg.shards:
+        raise click.ClickException("--shards is required: an S = 128 set, e.g. `python -m augment render "
+                                   "--image A --size 128`")
+    manifest = read_manifest(cfg.shards)
+    check_sizes(cfg, manifest.size)  # before Run, so a wrong set leaves no run folder behind
+    run = Run(cfg, METHOD)
+    cfg = run.cfg
+    check_sizes(cfg, manifest.size)  # again: on --resume the checkpoint's --crop wins
+    run.log({"event": "data", "set_id": manifest.id, "count": manifest.count, "size": manifest.size,
+             "sources": manifest.sources})
+    loader = make_loader(manifest, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
+                         transform=random_crop_flip(cfg.crop), rank=run.dist.rank,
+                         world_size=run.dist.world_size, pin_memory=run.device.type == "cuda")
+    E, G, D = (run.wrap(m) for m in build(cfg))
+    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    opts = {"opt_d": torch.optim.Adam(D.parameters(), **adam),
+            "opt_eg": torch.optim.Adam([*E.parameters(), *G.parameters()], **adam)}
+    objects = {"encoder": E, "generator": G, "discriminator": D, **opts}
+    state = run.restore(objects)
+    budget = TimeBudget(cfg.time_budget, state.extra.get("train_seconds", 0.0))
+    fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "uniform").to(run.device)
+    epoch, summary = state.epoch, {}
+    while epoch < cfg.epochs and not run.done and not budget.reached(run.dist, run.device):
+        run.epoch = epoch
+        stats = train_one_epoch(run, E, G, D, opts, loader, epoch, cfg, budget, fixed_z)
+        real, stopped = stats.pop("real"), stats.pop("stopped")
+        epoch += not stopped  # a stopped epoch is not complete: a resume repeats it
+        summary = {**stats, **evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")}
+        summary["train_seconds"] = round(budget.spent, 1)
+        run.log({"event": "epoch", "epochs_done": epoch, **summary})
+        run.save(objects, encoder=unwrap(E).encoder, epoch=epoch,
+                 extra={"set_id": manifest.id, "train_seconds": budget.spent,
+                        "time_budget_reached": budget.reached(run.dist, run.device)})
+    if budget.reached(run.dist, run.device):
+        run.log({"event": "time_budget", "seconds": cfg.time_budget, "spent": round(budget.spent, 1)})
+    run.close()
+    return summary
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@common_options(batch_size=128, epochs=100)
+@click.option("--crop", default=112, show_default=True, type=click.IntRange(1),
+              help="Native random crop (+ h-flip) and the generator's output size; multiple of 16, >= 64.")
+@click.option("--z-dim", default=200, show_default=True, type=click.IntRange(1),
+              help="Latent size; z is uniform in [-1, 1].")
+@click.option("--head-width", default=4096, show_default=True, type=click.IntRange(1),
+              help="Width of the encoder's two fully connected layers before the linear map to z.")
+@click.option("--g-width", default=64, show_default=True, type=click.IntRange(1),
+              help="Generator width (channels of its last hidden layer).")
+@click.option("--d-width", default=64, show_default=True, type=click.IntRange(1),
+              help="Discriminator width (channels of its first conv).")
+@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--beta1", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--beta2", default=0.999, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--weight-decay", default=2.5e-5, show_default=True, type=click.FloatRange(0))
+@click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0),
+              help="Write sample and reconstruction sheets every K steps (0: only at epoch ends).")
+@click.option("--time-budget", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Stop with a checkpoint after this many training seconds, summed over resumes (0: none).")
+@click.option("--log-every", default=20, show_default=True, type=click.IntRange(1),
+              help="Log averaged losses and D accuracies every K steps.")
+def cli(**kwargs) -> None:
+    """Train BiGAN (AlexNet-BN leaky encoder, joint D(x, z)) on a shard set."""
+    main(Config(**kwargs))
+
+
+if __name__ == "__main__":
+    cli()
