@@ -8,6 +8,7 @@ holds iff its axis-aligned bounding box (w|cos a| + h|sin a|, w|sin a| + h|cos a
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -59,38 +60,54 @@ def max_area(W: int, H: int, ratio: float, angle: float) -> float:
 
 
 def sample_crop(rng: np.random.Generator, W: int, H: int, p: GeomParams) -> Crop:
-    """Draw one crop inside a W x H source: six draws, no retries, bounded time for any source.
+    """Draw one crop inside a W x H source: six uniform draws from ``rng``, see ``crops_from_uniforms``."""
+    c = crops_from_uniforms(rng.random((1, 6)), W, H, p)
+    return Crop(*(float(v[0]) for v in c[:4]), float(c[4][0]), bool(c[5][0]), bool(c[6][0]))
 
-    Draw order is fixed (flip, angle, log-aspect, area, x, y); flip and angle are drawn even when their
-    ablation is on, so ablated sets share every other draw with the full set. log(h/w) ~ U[log γ, -log γ]
-    and the angle are drawn first; the area fraction is then uniform over the part of [β, max_area] that
-    fits at that aspect and angle (no rejection loop: docs/augmentation.md). Only when even β does not
-    fit (extreme sources) is the crop the largest that fits (``fallback``, area below β). With ``scale``
-    off the crop is the whole image (its own aspect), shrunk about its centre if rotated.
+
+def crops_from_uniforms(u: np.ndarray, W: int, H: int, p: GeomParams) -> tuple[np.ndarray, ...]:
+    """Crops for rows of U[0, 1) draws ``u`` (n x 6): arrays (cx, cy, w, h, angle, flip, fallback).
+
+    Vectorised over a shard; row k depends only on u[k]. Columns are used in a fixed order (flip, angle,
+    log-aspect, area, x, y); flip and angle are used even when their ablation is on, so ablated sets share
+    every other draw with the full set. log(h/w) ~ U[log γ, -log γ] and the angle come first; the area is
+    then uniform over the part of [β, max_area] that fits at that aspect and angle (no rejection loop:
+    docs/augmentation.md). Only when even β does not fit (extreme sources) is the crop the largest that
+    fits (``fallback``, area below β). With ``scale`` off the crop is the whole image (its own aspect),
+    shrunk about its centre if rotated. Bounded time for any source.
     """
-    flip = bool(rng.random() < p.flip_prob)
-    angle = float(rng.uniform(-p.max_angle, p.max_angle))
+    flip = u[:, 0] < p.flip_prob
+    angle = -p.max_angle + (p.max_angle - -p.max_angle) * u[:, 1]
     if not p.rotation:
-        angle = 0.0
-    ratio = math.exp(float(rng.uniform(math.log(p.aspect), -math.log(p.aspect))))
-    u = float(rng.random())
-    fallback = False
+        angle = np.zeros_like(angle)
+    lo_r = math.log(p.aspect)
+    ratio = np.exp(lo_r + (-lo_r - lo_r) * u[:, 2])
     if p.scale:
-        hi = min(p.max_area * W * H, max_area(W, H, ratio, angle))
+        hi = np.minimum(p.max_area * W * H, _max_area_np(W, H, ratio, angle))
         lo = p.min_area * W * H
-        if hi < lo:
-            area, fallback = hi, True
-        else:
-            area = lo + u * (hi - lo)
-        w, h = math.sqrt(area / ratio), math.sqrt(area * ratio)
+        fallback = hi < lo
+        area = np.where(fallback, hi, lo + u[:, 3] * (hi - lo))
+        w, h = np.sqrt(area / ratio), np.sqrt(area * ratio)
     else:
-        t = min(1.0, math.sqrt(max_area(W, H, H / W, angle) / (W * H)))
+        fallback = np.zeros(len(u), bool)
+        t = np.minimum(1.0, np.sqrt(_max_area_np(W, H, H / W, angle) / (W * H)))
         w, h = W * t, H * t
     w, h = w * (1 - 1e-12), h * (1 - 1e-12)  # keep the box strictly inside after rounding
-    bw, bh = bbox(w, h, angle)
-    cx = bw / 2 + float(rng.random()) * max(W - bw, 0.0)
-    cy = bh / 2 + float(rng.random()) * max(H - bh, 0.0)
-    return Crop(cx, cy, w, h, angle, flip, fallback)
+    bw, bh = _bbox_np(w, h, angle)
+    cx = bw / 2 + u[:, 4] * np.maximum(W - bw, 0.0)
+    cy = bh / 2 + u[:, 5] * np.maximum(H - bh, 0.0)
+    return cx, cy, w, h, angle, flip, fallback
+
+
+def _bbox_np(w, h, angle):
+    a = np.radians(angle)
+    c, s = np.abs(np.cos(a)), np.abs(np.sin(a))
+    return w * c + h * s, w * s + h * c
+
+
+def _max_area_np(W, H, ratio, angle):
+    bw, bh = _bbox_np(1 / np.sqrt(ratio), np.sqrt(ratio), angle)
+    return np.minimum(W / bw, H / bh) ** 2
 
 
 def crop_to_source(crop: Crop, size: int) -> np.ndarray:
@@ -131,6 +148,8 @@ class Pyramid:
             self.levels.append(level)
             self.scales.append((W / w, H / h))
             k += 1
+        self._pitch = [math.sqrt(sx * sy) for sx, sy in self.scales]  # increasing: choose() bisects it
+        self._scratch = np.empty(0, np.uint8)  # region copies (warp); per process after fork
 
     @property
     def nbytes(self) -> int:
@@ -138,11 +157,7 @@ class Pyramid:
 
     def choose(self, crop: Crop, size: int) -> int:
         """Deepest level whose pitch does not exceed the patch's (geometric mean of both axes)."""
-        g = math.sqrt(crop.w * crop.h) / size
-        k = 0
-        while k + 1 < len(self.levels) and math.sqrt(self.scales[k + 1][0] * self.scales[k + 1][1]) <= g:
-            k += 1
-        return k
+        return max(bisect.bisect_right(self._pitch, math.sqrt(crop.w * crop.h) / size) - 1, 0)
 
     def warp(self, crop: Crop, size: int) -> tuple[np.ndarray, int]:
         """Resample the crop to an S x S x 4 patch from one level, reading only the region it needs."""
@@ -160,9 +175,15 @@ class Pyramid:
         x0, y0 = max(math.floor(min(xs)) - 1, 0), max(math.floor(min(ys)) - 1, 0)
         x1, y1 = min(math.ceil(max(xs)) + 2, w), min(math.ceil(max(ys)) + 2, h)
         M = np.array([[a00, a01, a02 - x0], [a10, a11, a12 - y0]])
-        # A contiguous copy of the region warps faster than a strided view into the level (measured).
-        # Replicate (never constant black): the bound above only lets sub-pixel rounding reach the edge.
-        roi = np.ascontiguousarray(lv[y0:y1, x0:x1])
+        # Warping a contiguous copy of the region is faster than warping the level in place (measured:
+        # the rotated reads miss the cache; the row-wise copy streams). The copy goes into one reused
+        # buffer: a fresh 0.5 MB array per patch costs page faults. Replicate (never constant black):
+        # the bound above only lets sub-pixel rounding reach the edge.
+        n = (y1 - y0) * (x1 - x0) * 4
+        if n > self._scratch.size:
+            self._scratch = np.empty(n, np.uint8)
+        roi = self._scratch[:n].reshape(y1 - y0, x1 - x0, 4)
+        np.copyto(roi, lv[y0:y1, x0:x1])
         out = cv2.warpAffine(roi, M, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REPLICATE)
         return out, k

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import click
 
@@ -64,6 +64,7 @@ ABLATION_CELLS = {
 class ReproConfig:
     images: str                      # folder holding the paper's images (animals.png = Image B)
     cifar: str                       # CIFAR-10 JPEG tarball or extracted ImageFolder (train/, test/)
+    image: str = "B"                 # the source: Image B of the paper, or an image file
     work: str = "runs/repro-cpu"
     out: str = "docs/results.md"
     count: int = 50_000              # D, the number of rendered patches
@@ -77,7 +78,6 @@ class ReproConfig:
     rotnet: bool = True
     ablation: bool = False
     device: str = "cpu"
-    extra_env: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- steps
@@ -96,7 +96,7 @@ def step(cfg: ReproConfig, name: str, argv: list[str], progress: str) -> dict:
         click.echo(f"{progress} {name}: done earlier ({rec['seconds']:.0f} s), skipped", err=True)
         return rec
     click.echo(f"{progress} {name}: {' '.join(argv)}", err=True)
-    env = os.environ | {"SOURCE_IMAGE_DIR": cfg.images, "PYTHONUNBUFFERED": "1"} | cfg.extra_env
+    env = os.environ | {"SOURCE_IMAGE_DIR": cfg.images, "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", *argv], env=env)
     if proc.returncode != 0:
@@ -128,7 +128,7 @@ def cifar_root(cfg: ReproConfig) -> str:
 
 
 def render_args(cfg: ReproConfig, out: str, scale=True, rotation=True, jitter=True) -> list[str]:
-    args = ["augment", "render", "--image", "B", "--preset", "cifar", "--count", str(cfg.count),
+    args = ["augment", "render", "--image", cfg.image, "--preset", "cifar", "--quiet", "--count", str(cfg.count),
             "--seed", str(cfg.seed), "--workers", "2", "--out", out]
     args += [] if scale else ["--no-scale"]
     args += [] if rotation else ["--no-rotation"]
@@ -138,14 +138,15 @@ def render_args(cfg: ReproConfig, out: str, scale=True, rotation=True, jitter=Tr
 
 def train_common(cfg: ReproConfig, out: str, seconds: float) -> list[str]:
     return ["--out", out, "--device", cfg.device, "--seed", str(cfg.seed), "--workers", str(cfg.workers),
-            "--epochs", "10000", "--time-budget", str(int(seconds))]
+            "--epochs", "10000", "--time-budget", f"{seconds:g}"]
 
 
 def probe_args(cfg: ReproConfig, ckpt: str, out: str, data: str) -> list[str]:
     return ["probe.linear", "--checkpoint", ckpt, "--dataset", "imagefolder", "--data-root", data,
             "--out", out, "--epochs", str(cfg.probe_epochs), "--schedule", cfg.schedule,
-            "--device", cfg.device, "--workers", str(cfg.workers),
-            "--cache", os.path.join(cfg.work, "cache")]
+            "--device", cfg.device, "--workers", str(cfg.workers), "--protocol", "cifar",
+            # the float16 CIFAR-10 cache is ~3 GB per checkpoint: kept only while that probe runs
+            "--cache", os.path.join(cfg.work, "cache"), "--drop-cache"]
 
 
 def main_plan(cfg: ReproConfig, data: str) -> list[tuple[str, list[str], str | None]]:
@@ -283,7 +284,7 @@ def collect(cfg: ReproConfig, plan, labels_from: str) -> dict[str, list[float | 
 
 def write_results(cfg: ReproConfig, main_rows, abl_rows, seconds: dict[str, float]) -> None:
     """Write the results Markdown and figure from every probe that has finished."""
-    budget = (f"{cfg.train_seconds / 60:.0f} min of wall-clock training per method on the CPU, "
+    budget = (f"{cfg.train_seconds / 60:g} min of wall-clock training per method on the CPU, "
               f"D = {cfg.count:,} patches, probes {cfg.probe_epochs} epochs ({cfg.schedule} schedule"
               f"{', scaled to the shorter run' if cfg.probe_epochs != 36 else ''}), batch {cfg.batch_size}")
     parts = [
@@ -300,7 +301,7 @@ def write_results(cfg: ReproConfig, main_rows, abl_rows, seconds: dict[str, floa
     if abl_rows:
         baselines = {"(a) Fully sup.": main_rows.get("Fully supervised"), "(b) Random feat.": main_rows.get("Random")}
         abl_rows = {k: v for k, v in baselines.items() if v} | abl_rows
-        parts += [f"## Table 1 layout: augmentation ablation (MonoGAN, {cfg.ablation_seconds / 60:.0f} min each)\n",
+        parts += [f"## Table 1 layout: augmentation ablation (MonoGAN, {cfg.ablation_seconds / 60:g} min each)\n",
                   table(abl_rows, PAPER_T1)]
     total = sum(seconds.values())
     parts += ["## Time\n", "| step | seconds |\n|---|---:|\n"
@@ -335,6 +336,8 @@ def run_repro(cfg: ReproConfig) -> dict:
               help="Folder with the paper's images (animals.png = Image B). Env: IMAGES.")
 @click.option("--cifar", envvar="CIFAR", default="../shared/data/cifar10-jpg.tar.gz", show_default=True,
               help="CIFAR-10 JPEG tarball or ImageFolder with train/ and test/. Env: CIFAR.")
+@click.option("--image", default="B", show_default=True,
+              help="Source image: B (the paper's, looked up in --images) or an image file.")
 @click.option("--work", default=ReproConfig.work, show_default=True, help="Working folder (resumable).")
 @click.option("--out", default=ReproConfig.out, show_default=True, help="Results Markdown (+ .png beside).")
 @click.option("--count", default=ReproConfig.count, show_default=True, type=click.IntRange(1))
@@ -348,12 +351,12 @@ def run_repro(cfg: ReproConfig) -> dict:
 @click.option("--rotnet/--no-rotnet", default=True, show_default=True)
 @click.option("--ablation", is_flag=True, help="Also run Table 1's eight augmentation cells.")
 @click.option("--device", default="cpu", show_default=True)
-def cli(images, cifar, work, out, count, train_minutes, ablation_minutes, probe_epochs, schedule,
+def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes, probe_epochs, schedule,
         batch_size, workers, seed, rotnet, ablation, device) -> None:
     """Reproduce Table 3 (and with --ablation, Table 1) at reduced scale: render, train, probe, report."""
     if not os.path.isdir(images):
         raise click.ClickException(f"{images}: no such folder; pass IMAGES=folder/with/animals.png")
-    cfg = ReproConfig(images=os.path.abspath(images), cifar=os.path.abspath(cifar), work=work, out=out,
+    cfg = ReproConfig(images=os.path.abspath(images), image=image, cifar=os.path.abspath(cifar), work=work, out=out,
                       count=count, train_seconds=train_minutes * 60, ablation_seconds=ablation_minutes * 60,
                       probe_epochs=probe_epochs, schedule=schedule, batch_size=batch_size, workers=workers,
                       seed=seed, rotnet=rotnet, ablation=ablation, device=device)

@@ -122,3 +122,46 @@ def test_pyramid_levels_stop_at_the_whole_image_scale():
     scales = [math.sqrt(sx * sy) for sx, sy in p.scales]
     assert scales[-1] <= math.sqrt(1920 * 2560) / 256 and len(p.levels) >= 6
     assert all(1.3 < b / a < 1.5 for a, b in zip(scales, scales[1:]))
+
+
+def test_fast_bgr_matrix_equals_the_reference_matrix():
+    from augment.color import bgr_matrix
+
+    r = np.random.default_rng(1)
+    for i in range(50):
+        j = sample_jitter(rng(i), JitterParams())
+        m = r.uniform(0, 255, 3)
+        assert np.allclose(bgr_matrix(j, m), color_matrix(j, m)[::-1], atol=1e-9)
+
+
+def test_jittered_patch_matches_the_float_steps_within_rounding():
+    from augment.color import apply_bgr
+
+    rgba = np.random.default_rng(2).integers(0, 256, (24, 24, 4), dtype=np.uint8)
+    x = rgba[..., :3].reshape(-1, 3).astype(float)
+    for i in range(10):
+        j = sample_jitter(rng(i), JitterParams())
+        ref = np.clip(np.rint(step_by_step(x, j)), 0, 255)[:, ::-1].reshape(24, 24, 3)
+        assert np.abs(apply_bgr(rgba, j).astype(float) - ref).max() <= 1
+
+
+def test_vectorised_crops_equal_one_at_a_time_for_mixed_sources():
+    """A shard's crops are drawn in one call with per-row source sizes; each row must equal its own crop."""
+    from augment.geometry import crops_from_uniforms
+
+    class Fixed:  # hands sample_crop known draws
+        def __init__(self, u):
+            self.u = u
+
+        def random(self, shape):
+            return np.asarray(self.u, float).reshape(shape)
+
+    u = np.random.default_rng(3).random((300, 6))
+    W = np.where(np.arange(300) % 2, 2560.0, 90.0)
+    H = np.where(np.arange(300) % 2, 1920.0, 700.0)
+    for p in (GeomParams(), GeomParams(scale=False), GeomParams(rotation=False, min_area=0.5)):
+        cols = crops_from_uniforms(u, W, H, p)
+        for k in range(0, 300, 7):
+            one = sample_crop(Fixed(u[k]), int(W[k]), int(H[k]), p)
+            assert (one.cx, one.cy, one.w, one.h, one.angle, one.flip, one.fallback) == \
+                tuple(c[k].item() for c in cols)

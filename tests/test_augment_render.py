@@ -191,3 +191,30 @@ def test_paper_image_b_from_shared_data(tmp_path, shared_data, monkeypatch):
     m = read_manifest(tmp_path / "b")
     assert m.sources[0]["sha256"] == NAMED["B"][1] and m.sources[0]["named"] == "B"
     assert (m.sources[0]["width"], m.sources[0]["height"]) == (600, 225)
+
+
+def test_draws_are_a_function_of_seed_and_index_only():
+    from augment.render import DRAWS, uniforms
+
+    whole = uniforms(7, 0, 50)
+    assert whole.shape == (50, DRAWS) and 0 <= whole.min() and whole.max() < 1
+    assert np.array_equal(uniforms(7, 13, 29), whole[13:29]) and np.array_equal(uniforms(7, 49, 50), whole[49:])
+    assert not np.isin(uniforms(8, 0, 50), whole).any()
+    assert 0.45 < whole.mean() < 0.55 and abs(np.corrcoef(whole[:, 4], whole[:, 5])[0, 1]) < 0.35
+
+
+def test_sample_equals_its_shard_member_and_meta_is_canonical_json(tmp_path):
+    from augment.render import Renderer
+    from augment.sources import load as load_source
+
+    path = textured(tmp_path / "src.png", 300, 90)
+    render(cfg(path, tmp_path / "set", count=12, per=12, fmt="jpg"))
+    m = read_manifest(tmp_path / "set")
+    renderer = Renderer(Recipe.from_config(m.config), [load_source("Ünïcode \"q\".png", path)])
+    with tarfile.open(m.shard_urls[0]) as tar:
+        for i in (0, 5, 11):
+            got = renderer.sample(i)
+            assert got["jpg"] == tar.extractfile(f"{i:09d}.jpg").read()
+            meta = json.loads(got["json"])
+            assert got["json"] == json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+            assert meta["source"] == "Ünïcode \"q\".png" and meta["index"] == i

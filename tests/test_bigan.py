@@ -23,7 +23,8 @@ def read_log(out):
 
 
 def test_paper_sized_networks():
-    E, G, D = BiGANEncoder(200, 112, head_width=64), UpGenerator(200, 112, 8, n_up=4), JointDiscriminator(200, 112, 8)
+    E, G = BiGANEncoder(200, 112, head_width=64), UpGenerator(200, 112, 8, n_up=4)
+    D = JointDiscriminator(200, 112, 8)
     x = torch.rand(2, 3, 112, 112) * 2 - 1
     z = E.eval()(x)
     img = G.eval()(torch.rand(2, 200) * 2 - 1)
@@ -42,10 +43,10 @@ def test_latent_reaches_every_discriminator_layer():
     assert not torch.allclose(D(x, z), D(x, torch.randn(3, 16)))
 
 
-def test_train_resume_samples_and_probe_encoder(tmp_path):
+def test_train_samples_probe_encoder_and_exact_resume(tmp_path):
     toy = make_toy_set(str(tmp_path / "toy"), count=16, size=64, per_shard=8)
     out = str(tmp_path / "run")
-    summary = main(Config(shards=toy, out=out, epochs=3, max_steps=2, sample_every=1, **FAST))
+    summary = main(Config(shards=toy, out=out, epochs=1, max_steps=2, sample_every=1, **FAST))
     assert {"d_loss", "eg_loss", "d_acc_real", "d_acc_fake", "eval_recon_mse"} <= set(summary)
     assert 0 <= summary["d_acc_real"] <= 1
     train = [r for r in read_log(out)[1:] if r.get("event") == "train"]
@@ -62,30 +63,42 @@ def test_train_resume_samples_and_probe_encoder(tmp_path):
     assert list(feats) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert feats["conv5"].shape == (1, 256, 13, 13) and ck["encoder_spec"]["act"] == "leaky"
 
-    main(Config(shards=toy, out=out, epochs=3, max_steps=3, resume=True, **FAST))
-    ck2 = load_checkpoint(out)
-    assert ck2["step"] == 3
-    assert not torch.equal(ck2["encoder"]["blocks.conv1.0.weight"], ck["encoder"]["blocks.conv1.0.weight"])
+    assert ck["epoch"] == 0 and ck["extra"]["batches_done"] == 2
+
+    # Resuming mid-epoch continues exactly: the same weights as one uninterrupted epoch of 4 steps.
+    main(Config(shards=toy, out=out, epochs=1, resume=True, **FAST))
+    once = str(tmp_path / "once")
+    main(Config(shards=toy, out=once, epochs=1, **FAST))
+    a, b = load_checkpoint(once), load_checkpoint(out)
+    assert a["step"] == b["step"] == 4 and b["epoch"] == 1
     assert any(r.get("event") == "resumed" and r["from_step"] == 2 for r in read_log(out))
+    for net in ("encoder", "generator", "discriminator"):
+        for k, v in a["state"][net].items():
+            assert torch.equal(v, b["state"][net][k]), (net, k)
 
 
-@pytest.mark.parametrize("crop, size, needle", [(28, 64, "--crop 28"), (64, 32, "--size 128"),
-                                                (72, 128, "--crop 72")])
-def test_cli_rejects_bad_sizes(tmp_path, crop, size, needle):
+@pytest.mark.parametrize("crop, size, extra, needle", [(28, 64, [], "--crop 28"), (64, 32, [], "--size 128"),
+                                                       (72, 128, [], "--crop 72"),
+                                                       (64, 64, ["--gen-size", "40"], "--gen-size 40")])
+def test_cli_rejects_bad_sizes(tmp_path, crop, size, extra, needle):
     toy = make_toy_set(str(tmp_path / "toy"), count=4, size=size, per_shard=4)
     out = str(tmp_path / "run")
-    res = CliRunner().invoke(cli, ["--shards", toy, "--out", out, "--crop", str(crop), "--workers", "0"])
+    res = CliRunner().invoke(cli, ["--shards", toy, "--out", out, "--crop", str(crop), "--workers", "0", *extra])
     assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
     assert not os.path.exists(out)
 
 
-def test_cli_runs_one_step(tmp_path):
+def test_cli_one_step_with_a_smaller_generator(tmp_path):
+    # The original's high-res variant: E reads the crop, G and D work at a smaller side (--gen-size).
     toy = make_toy_set(str(tmp_path / "toy"), count=8, size=64, per_shard=8)
     out = str(tmp_path / "run")
     args = ["--shards", toy, "--out", out, "--batch-size", "4", "--workers", "0", "--crop", "64",
-            "--head-width", "16", "--g-width", "4", "--d-width", "4", "--max-steps", "1"]
+            "--gen-size", "32", "--head-width", "16", "--g-width", "4", "--d-width", "4", "--max-steps", "1"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert load_checkpoint(out)["config"]["crop"] == 64
+    ck = load_checkpoint(out)
+    assert ck["config"]["crop"] == 64 and ck["config"]["gen_size"] == 32
+    with Image.open(os.path.join(out, "samples", "step0000001-recon.png")) as im:
+        assert im.size == (8 * 34 + 2, 34 + 2)  # 32-px tiles: resized crops beside reconstructions
     res = CliRunner().invoke(cli, args)  # same --out again without --resume
     assert res.exit_code != 0 and "--resume" in res.output

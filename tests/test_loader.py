@@ -137,3 +137,94 @@ def test_native_augmentations_are_seeded_and_sized():
     assert torch.equal(center_crop(32)(img, torch.Generator()), img[:, 4:36, 4:36])
     with pytest.raises(ValueError, match="smaller than the 48 crop"):
         random_crop_flip(48)(img, torch.Generator())
+
+
+# --------------------------------------------------------------------------- speed-path equivalence
+
+
+def _tar(members: list[tuple[str, bytes]], fmt: int, gz: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=fmt) as t:
+        d = tarfile.TarInfo("somedir")
+        d.type = tarfile.DIRTYPE
+        t.addfile(d)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,gz", [(tarfile.USTAR_FORMAT, False), (tarfile.GNU_FORMAT, False),
+                                    (tarfile.PAX_FORMAT, False), (tarfile.PAX_FORMAT, True)])
+def test_lean_tar_reader_groups_like_webdataset(fmt, gz):
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    from train.data import SKIPPED, tar_samples
+
+    long_dir = "d" * 120            # > 100 characters: ustar prefix field, GNU "L" or pax "x" headers
+    members = [("__meta__/000.txt", b"m")]                              # webdataset skips these
+    for i in range(5):
+        key = f"{long_dir}/{i:03d}" if i % 2 else f"{i:03d}"
+        members += [(f"{key}.JPG", bytes([i]) * (100 + 600 * i)), (f"{key}.json", b"{}")]
+    members.append(("005.json", b"{}"))                                 # a sample without an image
+    data = _tar(members, fmt, gz)
+    want = [(s["__key__"], s.get("jpg")) for s in
+            group_by_keys(tar_file_expander(iter([{"url": "u", "stream": io.BytesIO(data)}])))]
+    got = [(k, bytes(d) if d is not None else None) for k, d in tar_samples(io.BytesIO(data), "jpg")]
+    assert got == want and len(got) == 6
+    picked = list(tar_samples(io.BytesIO(data), "jpg", k=3, j=1))
+    assert [k for k, d in picked if d is not SKIPPED] == [want[1][0], want[4][0]]
+    assert bytes(picked[4][1]) == want[4][1]
+
+
+def test_lean_tar_reader_stops_at_damage_and_flags_truncation():
+    from train.data import TarFormatError, tar_samples
+
+    data = bytearray(_tar([(f"{i:03d}.jpg", b"x" * 700) for i in range(4)], tarfile.USTAR_FORMAT))
+    third = 512 + 2 * (512 + 1024)                       # directory header, then two (header + 2 blocks)
+    damaged = bytes(data[:third + 100]) + b"\x07" * 50 + bytes(data[third + 150:])
+    assert [k for k, _ in tar_samples(io.BytesIO(damaged), "jpg")] == ["000", "001"]
+    with pytest.raises(TarFormatError, match="unexpected end of data"):
+        list(tar_samples(io.BytesIO(bytes(data[:third + 512 + 300])), "jpg"))
+
+
+def test_crop_flip_into_matches_plain_slicing():
+    from train.data import CropFlip
+
+    arr = np.random.default_rng(1).integers(0, 256, (40, 44, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    decoded = decode_image(buf.getvalue())                        # C x H x W view of H x W x C memory
+    plain = decoded.contiguous()                                  # ordinary C x H x W memory
+    assert decoded.stride(0) == 1 and plain.stride(2) == 1
+    for img in (decoded, plain):
+        for u, flip in (((0.0, 0.99, 0.9), False), ((0.5, 0.2, 0.1), True)):
+            out = torch.zeros(3, 32, 32, dtype=torch.uint8)
+            CropFlip(32).into(img, u, out)
+            y, x = int(u[0] * 9), int(u[1] * 13)
+            ref = img[:, y:y + 32, x:x + 32]
+            assert torch.equal(out, ref.flip(-1) if flip else ref)
+        assert torch.equal(center_crop(32)(img), img[:, 4:36, 6:38])
+    assert torch.equal(decode_image(bytearray(buf.getvalue())), decoded)
+
+
+def test_worker_ring_gives_the_in_process_batches(uneven):
+    # One worker plays the same single slot as the in-process loader: same batches, bit for bit,
+    # although they travel through the reused shared-memory ring (12 batches through 4 slots).
+    for t in (random_crop_flip(24), None):
+        kw = dict(batch_size=4, seed=5, transform=t)
+        inproc, ring = (batches(make_loader(uneven, workers=w, **kw), epoch=1) for w in (0, 1))
+        assert len(ring) == 12 and [i for _, i in ring] == [i for _, i in inproc]
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(ring, inproc))
+    loader = make_loader(uneven, batch_size=4, workers=2, seed=5, transform=random_crop_flip(24))
+    first = next(iter(loader.epoch(0)))                 # leaving an epoch early does not hang ...
+    assert first[0].shape == (4, 3, 24, 24)
+    assert len(batches(loader, epoch=0)) == 12          # ... nor block the next epoch's workers
+
+
+def test_any_transform_still_works_per_sample(uneven):
+    kw = dict(batch_size=4, seed=2, transform=random_resized_crop_flip(16))
+    a, b = (batches(make_loader(uneven, workers=w, **kw)) for w in (0, 1))
+    assert [x.shape for x, _ in a] == [(4, 3, 16, 16)] * 12
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))

@@ -140,3 +140,20 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
         main(Config(shards=toy, out=out, epochs=1, gp_weight=float("nan"), **FAST))
     assert not os.path.exists(os.path.join(out, "checkpoint.pt"))
     assert read_log(out)[-1]["event"] == "non_finite"
+
+
+@pytest.mark.data
+def test_on_a_rendered_cifar_preset_ablation_set_of_image_b(tmp_path, shared_data):
+    # The pipeline of Table 1: render a `--preset cifar` set of Image B (tiny count, one ablation), train.
+    from augment.cli import cli as augment
+
+    image = os.path.join(shared_data, "images", "animals.png")
+    sset, out = str(tmp_path / "set"), str(tmp_path / "run")
+    res = CliRunner().invoke(augment, ["render", "--image", image, "--preset", "cifar", "--count", "32",
+                                       "--samples-per-shard", "16", "--out", sset, "--quiet", "--no-scale"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["--shards", sset, "--out", out, "--batch-size", "8", "--workers", "0",
+                                   "--n-critic", "2", "--g-width", "8", "--max-steps", "1"])
+    assert res.exit_code == 0, res.output
+    ck = load_checkpoint(out)
+    assert ck["step"] == 1 and ck["extra"]["set_id"] == read_manifest(sset).id

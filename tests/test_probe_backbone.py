@@ -42,12 +42,14 @@ def test_fold_bn_matches_conv_bn_in_eval():
     torch.testing.assert_close(fold_bn(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["small", "alexnet"])
-def test_folded_backbone_same_activations(tmp_path, arch):
+@pytest.mark.parametrize("spec", [EncoderSpec(arch="small"), EncoderSpec(arch="alexnet"),
+                                  EncoderSpec(arch="alexnet", sobel=True, act="leaky"),
+                                  EncoderSpec(arch="small", norm="layer")])
+def test_folded_backbone_same_activations(tmp_path, spec):
     torch.manual_seed(1)
-    enc = randomise_bn(Encoder(EncoderSpec(arch=arch))).eval()
+    enc = randomise_bn(Encoder(spec)).eval()
     bb = load_backbone(save(tmp_path, enc))
-    assert bb.folded == len(enc.layer_names)
+    assert bb.folded == (len(enc.layer_names) if spec.norm == "bn" else 0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in bb.encoder.modules())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

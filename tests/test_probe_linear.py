@@ -61,15 +61,17 @@ def test_cifar_folder_probe_and_cache_hit(tmp_path):
     assert first["resolved"]["cache"]["stats"]["train"]["hit"] is False
     assert first["resolved"]["backbone_forward_calls"] > 0
     assert first["resolved"]["dims"] == {"conv1": 11616, "conv2": 9216, "conv3": 3456, "conv4": 2304}
+    path = first["resolved"]["cache"]["path"]
     second = run_probe(cfg(tmp_path, ck, root, "b"))
     assert second["resolved"]["cache"]["stats"]["train"]["hit"] is True
     assert second["resolved"]["backbone_forward_calls"] == 0
     assert second["top1"] == first["top1"]  # same seed, same cached features, same result
     alone = run_probe(cfg(tmp_path, ck, root, "c", layers=("conv3",)))
     assert alone["top1"] == {"conv3": first["top1"]["conv3"]}  # probes are independent of each other
-    folder = run_probe(cfg(tmp_path, ck, root, "d", dataset="imagefolder"))  # 32x32 folder: CIFAR protocol
+    folder = run_probe(cfg(tmp_path, ck, root, "d", dataset="imagefolder", keep_cache=False))  # 32x32: CIFAR
     assert folder["protocol"] == "cifar" and folder["resolved"]["pooling"] == "none"
     assert folder["top1"] == first["top1"]
+    assert not os.path.exists(folder["resolved"]["cache"]["path"]) and os.path.exists(path)
     path = first["resolved"]["cache"]["path"]
     feats, labels, chw = fcache.load_layer(path, "train", "conv2")
     assert feats.dtype == np.float16 and feats.shape == (12, 9216) and chw == (256, 6, 6)
@@ -139,11 +141,11 @@ def test_cli_imagefolder_ten_crop(tmp_path):
     ck, out = make_ckpt(tmp_path, "alexnet"), tmp_path / "o"
     args = ["--checkpoint", ck, "--dataset", "imagefolder", "--data-root", root, "--out", str(out), "--epochs", "2",
             "--workers", "0", "--batch-size", "4", "--resize", "72", "--crop", "64", "--layers", "conv1,conv5",
-            "--device", "cpu", "--ten-crop-average", "logits", "--label", "toy"]
+            "--device", "cpu", "--ten-crop-average", "logits", "--label", "toy", "--threads", "1"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     res = json.load(open(out / RESULT))
-    assert res["protocol"] == "imagenet" and res["label"] == "toy"
+    assert res["protocol"] == "imagenet" and res["label"] == "toy" and res["backbone_unchanged"] is True
     assert res["resolved"]["dims"] == {"conv1": 9600, "conv5": 9216}
     assert res["resolved"]["eval_count"] == 6 and res["resolved"]["pooling"] == "paper"
     assert all(0 <= a <= 100 for a in res["top1"].values())
@@ -245,5 +247,5 @@ def test_real_tinyimagenet_greyscale_val(tmp_path, shared_data):
 @pytest.mark.slow
 def test_imagefolder_at_224(tmp_path):
     root, ck = make_tree(tmp_path / "tree", splits=("train", "val"), per_class=2), make_ckpt(tmp_path, "alexnet")
-    res = run_probe(cfg(tmp_path, ck, root, dataset="imagefolder", epochs=1, pooling="released"))
+    res = run_probe(cfg(tmp_path, ck, root, dataset="imagefolder", epochs=1, pooling="released", protocol="imagenet"))
     assert res["resolved"]["dims"] == {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}

@@ -91,3 +91,16 @@ def test_stop_and_resume_mid_epoch_equals_one_run(toy_set, tmp_path):
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
     resumed = [l for l in logs(tmp_path / "twice") if l.get("event") == "resumed"]
     assert resumed[0]["from_step"] == 3
+
+
+def test_time_budget_stops_with_a_checkpoint_and_carries_over_resume(toy_set, tmp_path):
+    out = tmp_path / "run"
+    r = invoke("--shards", toy_set, "--out", out, "--epochs", 50, "--time-budget", 0.001, *FAST)
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(str(out))
+    # the budget is checked after each step: a tiny budget allows exactly one, then a checkpoint
+    assert ck["step"] == 1 and ck["epoch"] == 0 and 0 < ck["train_seconds"]
+    # spent seconds are carried by the checkpoint: a resume with the same budget trains no further
+    r = invoke("--shards", toy_set, "--out", out, "--epochs", 50, "--time-budget", 0.001, "--resume", *FAST)
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(str(out))["step"] == 1

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.manifest import read_manifest
+from train.common_cli import cli_run
 from train.data import make_loader, prepare, random_crop_flip
-from train.engine import CommonConfig, Run, common_options, unwrap
-from train.gan_models import (BiGANEncoder, JointDiscriminator, Meter, TimeBudget, UpGenerator, fixed_noise,
-                              pair_grid, save_grid)
+from train.engine import CommonConfig, Run, TimeBudget, common_options, unwrap
+from train.gan_models import (BiGANEncoder, JointDiscriminator, Meter, UpGenerator, fixed_noise,
+                              pair_grid, save_grid, training_noise)
 
 METHOD = "bigan"
 SHEET = 64     # generated samples per PNG sheet (8 x 8)
@@ -37,6 +38,7 @@ class Config(CommonConfig):
     batch_size: int = 128
     epochs: int = 100
     crop: int = 112
+    gen_size: int = 0  # G's output and D's input side; 0: the crop (the original's high-res run: 64)
     z_dim: int = 200
     head_width: int = 4096
     g_width: int = 64
@@ -46,16 +48,16 @@ class Config(CommonConfig):
     beta2: float = 0.999
     weight_decay: float = 2.5e-5
     sample_every: int = 500
-    time_budget: float = 0.0
 
-    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("crop", "z_dim", "head_width", "g_width", "d_width")
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("crop", "gen_size", "z_dim", "head_width", "g_width", "d_width")
 
 
 def build(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """E (AlexNet-BN leaky + head), G (z -> crop x crop) and D(x, z), all sized for ``cfg.crop``."""
+    """E (AlexNet-BN leaky + head) on crops; G (z -> image) and D(x, z) at ``gen_size`` (default: crop)."""
+    side = cfg.gen_size or cfg.crop
     return (BiGANEncoder(cfg.z_dim, cfg.crop, cfg.head_width),
-            UpGenerator(cfg.z_dim, cfg.crop, cfg.g_width, n_up=4),
-            JointDiscriminator(cfg.z_dim, cfg.crop, cfg.d_width, n_down=4))
+            UpGenerator(cfg.z_dim, side, cfg.g_width, n_up=4),
+            JointDiscriminator(cfg.z_dim, side, cfg.d_width, n_down=4))
 
 
 def check_sizes(cfg: Config, set_size: int) -> None:
@@ -63,31 +65,54 @@ def check_sizes(cfg: Config, set_size: int) -> None:
     if cfg.crop < MIN_CROP or cfg.crop % 16:
         raise click.ClickException(f"--crop {cfg.crop}: must be a multiple of 16 and at least {MIN_CROP} "
                                    f"(AlexNet collapses below that); the paper's is 112")
+    if cfg.gen_size and (cfg.gen_size % 16 or not 32 <= cfg.gen_size <= cfg.crop):
+        raise click.ClickException(f"--gen-size {cfg.gen_size}: must be a multiple of 16 between 32 and "
+                                   f"--crop {cfg.crop} (0: the crop itself)")
     if set_size < cfg.crop:
         raise click.ClickException(f"{cfg.shards}: patches are {set_size}x{set_size}, smaller than --crop "
                                    f"{cfg.crop}; render with `python -m augment render --size 128` "
                                    f"or lower --crop")
 
 
+def adam(modules: list[nn.Module], cfg: Config) -> torch.optim.Adam:
+    """Adam with L2 weight decay on every parameter except BatchNorm gains (the original's
+    ``--no_decay_gain``; biases are decayed, as there)."""
+    gains = {id(m.weight) for mod in modules for m in mod.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
+    params = [p for mod in modules for p in mod.parameters()]
+    groups = [{"params": [p for p in params if id(p) not in gains], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) in gains], "weight_decay": 0.0}]
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
+def to_gen_size(x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Real crops at D's input side (antialiased bilinear resize when ``--gen-size`` < ``--crop``)."""
+    if not cfg.gen_size or cfg.gen_size == x.shape[-1]:
+        return x
+    return F.interpolate(x, size=(cfg.gen_size, cfg.gen_size), mode="bilinear", antialias=True,
+                         align_corners=False)
+
+
 def train_step(E: nn.Module, G: nn.Module, D: nn.Module, opts: dict[str, torch.optim.Optimizer],
-               real: torch.Tensor, cfg: Config, run: Run) -> dict[str, torch.Tensor]:
+               real: torch.Tensor, cfg: Config, run: Run, noise: torch.Generator) -> dict[str, torch.Tensor]:
     """One D update, then one joint E + G update against the updated D (non-saturating loss)."""
     n = real.shape[0]
-    z = torch.rand(n, cfg.z_dim, device=real.device) * 2 - 1
+    z = torch.rand(n, cfg.z_dim, device=real.device, generator=noise) * 2 - 1
+    x = to_gen_size(real, cfg)
     with run.autocast():
         ez, gz = E(real), G(z)
         # Real and generated pairs share one D forward (its BatchNorm sees both; one forward per backward).
-        logits = D(torch.cat([real, gz.detach()]), torch.cat([ez.detach(), z])).float()
+        logits = D(torch.cat([x, gz.detach()]), torch.cat([ez.detach(), z])).float()
     d_loss = bce(logits[:n], 1.0) + bce(logits[n:], 0.0)
     opts["opt_d"].zero_grad(set_to_none=True)
     d_loss.backward()
     opts["opt_d"].step()
     with run.autocast():
-        logits_eg = D(torch.cat([real, gz]), torch.cat([ez, z])).float()
+        logits_eg = D(torch.cat([x, gz]), torch.cat([ez, z])).float()
     eg_loss = bce(logits_eg[:n], 0.0) + bce(logits_eg[n:], 1.0)
     opts["opt_eg"].zero_grad(set_to_none=True)
     eg_loss.backward()
@@ -104,33 +129,37 @@ def evaluate(E: nn.Module, G: nn.Module, D: nn.Module, real: torch.Tensor, fixed
     nets = (e, g, d)
     for m in nets:
         m.eval()
+    x = to_gen_size(real, run.cfg).float()
     try:
         ez, fake = e(real), g(fixed_z).float()
         recon = g(ez).float()
         z = fixed_z[:real.shape[0]]
-        logit_real, logit_fake = d(real, ez).float(), d(fake[:real.shape[0]], z).float()
+        logit_real, logit_fake = d(x, ez).float(), d(fake[:real.shape[0]], z).float()
     finally:
         for m in nets:
             m.train()
     out = {"eval_d_acc_real": (logit_real > 0).float().mean().item(),
            "eval_d_acc_fake": (logit_fake < 0).float().mean().item(),
-           "eval_recon_mse": round(F.mse_loss(recon, real.float()).item(), 6)}
+           "eval_recon_mse": round(F.mse_loss(recon, x).item(), 6)}
     if run.dist.is_main:
         out["sheet"] = save_grid(fake, f"{run.cfg.out}/samples/{tag}.png", nrow=8)
-        out["recon_sheet"] = save_grid(pair_grid(real[:RECON], recon[:RECON]),
+        out["recon_sheet"] = save_grid(pair_grid(x[:RECON], recon[:RECON]),
                                        f"{run.cfg.out}/samples/{tag}-recon.png", nrow=8)
     return out
 
 
 def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
-                    opts: dict[str, torch.optim.Optimizer], loader, epoch: int, cfg: Config,
-                    budget: TimeBudget, fixed_z: torch.Tensor) -> dict[str, Any]:
-    """One pass over the set's batches (fewer when ``--max-steps`` or ``--time-budget`` stops it)."""
-    epoch_meter, log_meter, real, stopped = Meter(), Meter(), None, False
-    batches = run.progress(loader.epoch(epoch), loader.batches_per_epoch, f"{METHOD} epoch {epoch}")
-    for images, _ in batches:
+                    opts: dict[str, torch.optim.Optimizer], loader, epoch: int, skip: int,
+                    cfg: Config, budget: TimeBudget, fixed_z: torch.Tensor,
+                    noise: torch.Generator) -> dict[str, Any]:
+    """Steps on batches ``skip``.. of ``epoch``; returns mean stats, ``batches_done`` (from the epoch's
+    start, fewer than the epoch's when ``--max-steps`` or ``--time-budget`` stopped it), the last batch."""
+    epoch_meter, log_meter, real, done = Meter(), Meter(), None, skip
+    batches = loader.epoch(epoch, skip)
+    for images, _ in run.progress(batches, len(batches), f"{METHOD} epoch {epoch}"):
         real = prepare(images, run.device)
-        stats = train_step(E, G, D, opts, real, cfg, run)
+        stats = train_step(E, G, D, opts, real, cfg, run, noise)
+        done += 1
         loss_d, loss_eg = torch.stack([stats["d_loss"], stats["eg_loss"]]).tolist()
         run.check_finite(loss_d, "discriminator loss")
         run.check_finite(loss_eg, "encoder/generator loss")
@@ -144,7 +173,7 @@ def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
             evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")
         if stopped:
             break
-    return {**epoch_meter.mean(), "stopped": stopped, "real": real}
+    return {**epoch_meter.mean(), "batches_done": done, "real": real}
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -163,24 +192,26 @@ def main(cfg: Config) -> dict[str, Any]:
                          transform=random_crop_flip(cfg.crop), rank=run.dist.rank,
                          world_size=run.dist.world_size, pin_memory=run.device.type == "cuda")
     E, G, D = (run.wrap(m) for m in build(cfg))
-    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    opts = {"opt_d": torch.optim.Adam(D.parameters(), **adam),
-            "opt_eg": torch.optim.Adam([*E.parameters(), *G.parameters()], **adam)}
+    opts = {"opt_d": adam([D], cfg), "opt_eg": adam([E, G], cfg)}
     objects = {"encoder": E, "generator": G, "discriminator": D, **opts}
     state = run.restore(objects)
-    budget = TimeBudget(cfg.time_budget, state.extra.get("train_seconds", 0.0))
+    budget = run.budget
     fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "uniform").to(run.device)
-    epoch, summary = state.epoch, {}
+    noise = training_noise(run, cfg.seed, state)
+    epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
     while epoch < cfg.epochs and not run.done and not budget.reached(run.dist, run.device):
         run.epoch = epoch
-        stats = train_one_epoch(run, E, G, D, opts, loader, epoch, cfg, budget, fixed_z)
-        real, stopped = stats.pop("real"), stats.pop("stopped")
-        epoch += not stopped  # a stopped epoch is not complete: a resume repeats it
-        summary = {**stats, **evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")}
-        summary["train_seconds"] = round(budget.spent, 1)
-        run.log({"event": "epoch", "epochs_done": epoch, **summary})
+        stats = train_one_epoch(run, E, G, D, opts, loader, epoch, skip, cfg, budget, fixed_z, noise)
+        real, done = stats.pop("real"), stats.pop("batches_done")
+        complete = done >= loader.batches_per_epoch
+        epoch, skip = (epoch + 1, 0) if complete else (epoch, done)  # a resume continues at batch `skip`
+        if real is not None:  # None only when a resume skips a whole epoch
+            stats |= evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")
+        summary = stats | {"train_seconds": round(budget.spent, 1)}
+        run.log({"event": "epoch", "complete": complete, "epochs_done": epoch, **summary})
         run.save(objects, encoder=unwrap(E).encoder, epoch=epoch,
-                 extra={"set_id": manifest.id, "train_seconds": budget.spent,
+                 extra={"set_id": manifest.id, "batches_done": skip, "noise_rng": noise.get_state(),
+                        "train_seconds": budget.spent,
                         "time_budget_reached": budget.reached(run.dist, run.device)})
     if budget.reached(run.dist, run.device):
         run.log({"event": "time_budget", "seconds": cfg.time_budget, "spent": round(budget.spent, 1)})
@@ -192,6 +223,9 @@ def main(cfg: Config) -> dict[str, Any]:
 @common_options(batch_size=128, epochs=100)
 @click.option("--crop", default=112, show_default=True, type=click.IntRange(1),
               help="Native random crop (+ h-flip) and the generator's output size; multiple of 16, >= 64.")
+@click.option("--gen-size", default=0, show_default=True, type=click.IntRange(0),
+              help="Side of G's output and D's input (real crops resized to it); 0: the crop. The original's "
+                   "high-res encoder run used 64 with crop 112.")
 @click.option("--z-dim", default=200, show_default=True, type=click.IntRange(1),
               help="Latent size; z is uniform in [-1, 1].")
 @click.option("--head-width", default=4096, show_default=True, type=click.IntRange(1),
@@ -206,13 +240,11 @@ def main(cfg: Config) -> dict[str, Any]:
 @click.option("--weight-decay", default=2.5e-5, show_default=True, type=click.FloatRange(0))
 @click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0),
               help="Write sample and reconstruction sheets every K steps (0: only at epoch ends).")
-@click.option("--time-budget", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="Stop with a checkpoint after this many training seconds, summed over resumes (0: none).")
 @click.option("--log-every", default=20, show_default=True, type=click.IntRange(1),
               help="Log averaged losses and D accuracies every K steps.")
 def cli(**kwargs) -> None:
     """Train BiGAN (AlexNet-BN leaky encoder, joint D(x, z)) on a shard set."""
-    main(Config(**kwargs))
+    cli_run(main, Config(**kwargs))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class CommonConfig:
     resume: bool = False
     amp: bool = True              # bf16 autocast on CUDA; ignored on the CPU
     log_every: int = 20
+    time_budget: float = 0.0      # 0: none; otherwise stop (and checkpoint) after this many training seconds
 
     # Fields that define the network: on resume the checkpoint's values win over the command line.
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -61,8 +62,9 @@ class CommonConfig:
         return dict(sorted(asdict(self).items()))
 
 
-OPTION_NAMES = ("--shards", "--out", "--batch-size", "--workers", "--device", "--seed", "--epochs",
-                "--max-steps", "--resume", "--amp")
+def _named_option(*decls: str, **kw) -> tuple[str, Callable]:
+    """A click option paired with its long name (``--resume/--no-resume`` -> ``--resume``)."""
+    return decls[0].split("/")[0], click.option(*decls, **kw)
 
 
 def common_options(exclude: tuple[str, ...] = (), **defaults) -> Callable:
@@ -73,27 +75,30 @@ def common_options(exclude: tuple[str, ...] = (), **defaults) -> Callable:
     """
     d = {f.name: f.default for f in dataclasses.fields(CommonConfig)} | defaults
     opts = [
-        click.option("--shards", default=d["shards"], show_default=True,
+        _named_option("--shards", default=d["shards"], show_default=True,
                      help="Shard set: a folder with manifest.json, or its URL."),
-        click.option("--out", default=d["out"], show_default=True, type=click.Path(file_okay=False),
+        _named_option("--out", default=d["out"], show_default=True, type=click.Path(file_okay=False),
                      help="Run folder: log.jsonl and checkpoint.pt are written here."),
-        click.option("--batch-size", default=d["batch_size"], show_default=True, type=click.IntRange(1)),
-        click.option("--workers", default=d["workers"], show_default=True, type=click.IntRange(0),
+        _named_option("--batch-size", default=d["batch_size"], show_default=True, type=click.IntRange(1)),
+        _named_option("--workers", default=d["workers"], show_default=True, type=click.IntRange(0),
                      help="DataLoader worker processes (decoding and native augmentation)."),
-        click.option("--device", default=d["device"], show_default=True,
+        _named_option("--device", default=d["device"], show_default=True,
                      help="auto, cpu, cuda or cuda:N."),
-        click.option("--seed", default=d["seed"], show_default=True, type=int),
-        click.option("--epochs", default=d["epochs"], show_default=True, type=click.IntRange(1)),
-        click.option("--max-steps", default=d["max_steps"], show_default=True, type=click.IntRange(0),
+        _named_option("--seed", default=d["seed"], show_default=True, type=int),
+        _named_option("--epochs", default=d["epochs"], show_default=True, type=click.IntRange(1)),
+        _named_option("--max-steps", default=d["max_steps"], show_default=True, type=click.IntRange(0),
                      help="Stop after this many optimisation steps in total (0: no limit)."),
-        click.option("--resume/--no-resume", default=False, show_default=True,
+        _named_option("--resume/--no-resume", default=False, show_default=True,
                      help="Continue from OUT/checkpoint.pt."),
-        click.option("--amp/--no-amp", default=d["amp"], show_default=True,
+        _named_option("--amp/--no-amp", default=d["amp"], show_default=True,
                      help="bf16 autocast on CUDA (ignored on the CPU)."),
+        _named_option("--time-budget", default=d["time_budget"], show_default=True, type=click.FloatRange(0),
+                     help="Stop with a checkpoint after this many training seconds, summed over resumes "
+                          "(0: none). Equal budgets make methods comparable on one machine."),
     ]
 
     dropped = {"--" + name.replace("_", "-") for name in exclude}
-    opts = [o for o, name in zip(opts, OPTION_NAMES) if name not in dropped]
+    opts = [o for name, o in opts if name not in dropped]
 
     def deco(f):
         for opt in reversed(opts):
@@ -269,6 +274,30 @@ def merge_arch(cfg: CommonConfig, saved: dict[str, Any]) -> tuple[CommonConfig, 
     return dataclasses.replace(cfg, **{k: v[1] for k, v in changed.items()}), changed
 
 
+class TimeBudget:
+    """Training seconds spent, carried across resumes; ``exceeded`` once ``seconds`` (> 0) are used."""
+
+    def __init__(self, seconds: float, spent: float = 0.0):
+        self.seconds, self.before, self.t0 = seconds, spent, time.monotonic()
+        self._reached = False
+
+    @property
+    def spent(self) -> float:
+        return self.before + time.monotonic() - self.t0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.seconds > 0 and self.spent >= self.seconds
+
+    def reached(self, d: Dist, device: torch.device) -> bool:
+        """``exceeded`` agreed by all ranks (any rank over budget stops all), so DDP ranks stop together."""
+        if self.seconds <= 0:
+            return False
+        if not self._reached:
+            self._reached = all_reduce_mean(float(self.exceeded), d, device) > 0
+        return self._reached
+
+
 class Run:
     """One training run: output folder, log, device, process group, step counter and checkpoints."""
 
@@ -295,6 +324,7 @@ class Run:
         self.step = 0
         self.epoch = 0
         self.t0 = time.time()
+        self.budget = TimeBudget(cfg.time_budget)
         seed_everything(cfg.seed, self.dist.rank)
         self.log_path = os.path.join(cfg.out, LOG)
         self._header()
@@ -349,7 +379,10 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+        """True once ``--max-steps`` steps are done or the ``--time-budget`` is spent (on any rank)."""
+        if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+            return True
+        return self.budget.reached(self.dist, self.device)
 
     def autocast(self):
         if self.device.type == "cuda" and self.cfg.amp:
@@ -366,7 +399,12 @@ class Run:
 
     # ---- checkpoints
     def restore(self, objects: dict[str, Any]) -> ResumeState:
-        """Load every object's state from the checkpoint when resuming; a fresh state otherwise."""
+        """Load every object's state from the checkpoint when resuming; a fresh state otherwise.
+
+        Trainers call this right before their first step, so the ``--time-budget`` clock starts here:
+        building models and loaders is not training time.
+        """
+        self.budget.t0 = time.monotonic()
         if not self.saved:
             return ResumeState()
         state = self.saved["state"]
@@ -379,7 +417,9 @@ class Run:
                 else obj.load_state_dict(state[name])
         set_rng_state(self.saved["rng"])
         self.epoch, self.step = self.saved["epoch"], self.saved["step"]
-        self.log({"event": "resumed", "from_epoch": self.epoch, "from_step": self.step})
+        self.budget.before = float(self.saved.get("train_seconds", 0.0))
+        self.log({"event": "resumed", "from_epoch": self.epoch, "from_step": self.step,
+                  "train_seconds": round(self.budget.before, 1)})
         return ResumeState(self.saved["epoch"], self.saved["step"], self.saved.get("extra", {}))
 
     def save(self, objects: dict[str, Any], encoder: nn.Module, epoch: int,
@@ -393,7 +433,8 @@ class Run:
               "encoder": enc.state_dict(),
               "state": {k: (unwrap(v).state_dict() if isinstance(v, nn.Module) else v.state_dict())
                         for k, v in objects.items()},
-              "epoch": epoch, "step": self.step, "rng": rng_state(), "git": git_revision(),
+              "epoch": epoch, "step": self.step, "train_seconds": self.budget.spent,
+              "rng": rng_state(), "git": git_revision(),
               "versions": library_versions(), "extra": extra or {},
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         save_atomic(ck, self.ckpt_path)

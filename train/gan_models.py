@@ -6,7 +6,7 @@
 * ``JointDiscriminator``: BiGAN's D(x, z); z enters every layer as a learned per-channel bias.
 * ``gradient_penalty`` / ``penalty_terms``: WGAN-GP's penalty, one term per sample.
 * ``save_grid`` / ``pair_grid``: PNG sample sheets written with PIL.
-* ``TimeBudget`` (``--time-budget``, agreed across DDP ranks) and ``Meter`` (loss means, one device sync).
+* ``Meter`` (loss means, one device sync); the ``--time-budget`` lives in ``train.engine`` (every trainer has it).
 
 Choices and their sources are in docs/gans.md.
 """
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from train.engine import Dist, all_reduce_mean
 from train.models import Encoder, EncoderSpec, encoder_output_dim
 
 CRITIC_NORMS = ("none", "layer")
@@ -192,33 +190,6 @@ def save_grid(images: torch.Tensor, path: str, nrow: int = 8, pad: int = 2) -> s
     Image.fromarray(sheet).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
-
-
-# --------------------------------------------------------------------------- time budget
-
-
-class TimeBudget:
-    """Training seconds spent, carried across resumes; ``exceeded`` once ``seconds`` (> 0) are used."""
-
-    def __init__(self, seconds: float, spent: float = 0.0):
-        self.seconds, self.before, self.t0 = seconds, spent, time.monotonic()
-        self._reached = False
-
-    @property
-    def spent(self) -> float:
-        return self.before + time.monotonic() - self.t0
-
-    @property
-    def exceeded(self) -> bool:
-        return self.seconds > 0 and self.spent >= self.seconds
-
-    def reached(self, d: Dist, device: torch.device) -> bool:
-        """``exceeded`` agreed by all ranks (any rank over budget stops all), so DDP ranks stop together."""
-        if self.seconds <= 0:
-            return False
-        if not self._reached:
-            self._reached = all_reduce_mean(float(self.exceeded), d, device) > 0
-        return self._reached
 
 
 class Meter:

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from augment.manifest import read_manifest
+from train.common_cli import cli_run
 from train.data import make_loader, prepare
-from train.engine import CommonConfig, Run, common_options, unwrap
-from train.gan_models import (CRITIC_NORMS, Critic, Meter, TimeBudget, UpGenerator, fixed_noise,
+from train.engine import CommonConfig, Run, TimeBudget, common_options, unwrap
+from train.gan_models import (CRITIC_NORMS, Critic, Meter, UpGenerator, fixed_noise,
                               interpolate, penalty_terms, save_grid, training_noise)
 
 METHOD = "monogan"
@@ -42,7 +43,6 @@ class Config(CommonConfig):
     n_critic: int = 5
     gp_weight: float = 10.0
     sample_every: int = 500
-    time_budget: float = 0.0
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("z_dim", "g_width", "critic_norm")
 
@@ -154,7 +154,7 @@ def main(cfg: Config) -> dict[str, Any]:
             "opt_d": torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))}
     objects = {"generator": G, "critic": D, **opts}
     state = run.restore(objects)
-    budget = TimeBudget(cfg.time_budget, state.extra.get("train_seconds", 0.0))
+    budget = run.budget
     fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "normal").to(run.device)
     noise = training_noise(run, cfg.seed, state)
     epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
@@ -194,13 +194,11 @@ def main(cfg: Config) -> dict[str, Any]:
 @click.option("--gp-weight", default=10.0, show_default=True, type=click.FloatRange(0))
 @click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0),
               help="Write OUT/samples/stepNNNNNNN.png every K generator steps (0: only at epoch ends).")
-@click.option("--time-budget", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="Stop with a checkpoint after this many training seconds, summed over resumes (0: none).")
 @click.option("--log-every", default=20, show_default=True, type=click.IntRange(1),
               help="Log averaged losses every K generator steps.")
 def cli(**kwargs) -> None:
     """Train MonoGAN (WGAN-GP, small-encoder critic) on a 32x32 shard set."""
-    main(Config(**kwargs))
+    cli_run(main, Config(**kwargs))
 
 
 if __name__ == "__main__":
