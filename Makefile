@@ -51,11 +51,14 @@ shards:
 	$(PY) -m augment render --image $(IMG) --n $(N) --count $(D) --size $(S) --seed $(SEED) \
 	  --workers $(WORKERS) --out $(OUT) $(ARGS)
 
+# make repro-cpu [IMAGES=dir-with-animals.png] [CIFAR=cifar10-jpg.tar.gz] [REPRO_ARGS="--train-minutes 9"]
+REPRO_FLAGS = $(if $(IMAGES),--images $(IMAGES)) $(if $(CIFAR),--cifar $(CIFAR)) $(REPRO_ARGS)
+
 repro-cpu:
-	$(PY) -m probe.repro --out docs/results.md
+	$(PY) -m probe.repro --out docs/results.md $(REPRO_FLAGS)
 
 repro-ablation-cpu:
-	$(PY) -m probe.repro --ablation --out docs/results.md
+	$(PY) -m probe.repro --ablation --out docs/results.md $(REPRO_FLAGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -54,3 +54,19 @@ def test_missing_cifar_is_one_clear_error(tmp_path):
     r = CliRunner().invoke(repro.cli, ["--images", str(tmp_path), "--cifar", str(tmp_path / "nope.tar.gz"),
                                        "--work", str(tmp_path / "w")])
     assert r.exit_code == 1 and "CIFAR-10 not found" in r.output
+
+
+def test_ablation_plan_renders_table1_cells_and_reuses_the_full_set():
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work="w", count=100, ablation_seconds=60)
+    plan = repro.ablation_plan(cfg, "data")
+    renders = {name: argv for name, argv, _ in plan if name.startswith("render")}
+    # seven renders: cell (j) "All" trains on the main Image B set, rendered once for Table 3
+    assert len(renders) == 7 and "render (j) All" not in renders
+    flags = {name.removeprefix("render "): {a for a in argv if a.startswith("--no-")} for name, argv in renders.items()}
+    assert flags["(c) No aug."] == {"--no-scale", "--no-rotation", "--no-jitter"}
+    assert flags["(f) Scale"] == {"--no-rotation", "--no-jitter"}
+    assert flags["(i) Jitter & scale"] == {"--no-rotation"}
+    trains = [argv for name, argv, _ in plan if name.startswith("train")]
+    assert len(trains) == 8 and all(a[a.index("--time-budget") + 1] == "60" for a in trains)
+    assert any(os.path.join("w", "sets", "B-cifar") in a for a in trains)
+    assert len([r for _, _, r in plan if r]) == 8
