@@ -71,6 +71,7 @@ class ReproConfig:
     train_seconds: float = 600.0     # wall-clock CPU budget per trained method
     ablation_seconds: float = 180.0  # per Table 1 cell
     probe_epochs: int = 36
+    probe_jobs: int = 2              # layers probed in parallel processes (same results, faster on 2 cores)
     schedule: str = "paper"
     batch_size: int = 64
     workers: int = 1
@@ -145,6 +146,7 @@ def probe_args(cfg: ReproConfig, ckpt: str, out: str, data: str) -> list[str]:
     return ["probe.linear", "--checkpoint", ckpt, "--dataset", "imagefolder", "--data-root", data,
             "--out", out, "--epochs", str(cfg.probe_epochs), "--schedule", cfg.schedule,
             "--device", cfg.device, "--workers", str(cfg.workers), "--protocol", "cifar",
+            "--jobs", str(cfg.probe_jobs),
             # the float16 CIFAR-10 cache is ~3 GB per checkpoint: kept only while that probe runs
             "--cache", os.path.join(cfg.work, "cache"), "--drop-cache"]
 

@@ -23,9 +23,9 @@ from torch import nn
 from augment.manifest import read_manifest
 from train.common_cli import cli_run
 from train.data import make_loader, prepare, random_crop_flip
-from train.engine import CommonConfig, Run, TimeBudget, common_options, unwrap
+from train.engine import CommonConfig, Run, common_options, unwrap
 from train.gan_models import (BiGANEncoder, JointDiscriminator, Meter, UpGenerator, fixed_noise,
-                              pair_grid, save_grid, training_noise)
+                              pair_grid, run_gan_epochs, save_grid, training_noise)
 
 METHOD = "bigan"
 SHEET = 64     # generated samples per PNG sheet (8 x 8)
@@ -150,7 +150,7 @@ def evaluate(E: nn.Module, G: nn.Module, D: nn.Module, real: torch.Tensor, fixed
 
 def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
                     opts: dict[str, torch.optim.Optimizer], loader, epoch: int, skip: int,
-                    cfg: Config, budget: TimeBudget, fixed_z: torch.Tensor,
+                    cfg: Config, fixed_z: torch.Tensor,
                     noise: torch.Generator) -> dict[str, Any]:
     """Steps on batches ``skip``.. of ``epoch``; returns mean stats, ``batches_done`` (from the epoch's
     start, fewer than the epoch's when ``--max-steps`` or ``--time-budget`` stopped it), the last batch."""
@@ -165,9 +165,9 @@ def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
         run.check_finite(loss_eg, "encoder/generator loss")
         epoch_meter.add(stats)
         log_meter.add(stats)
-        stopped = run.tick() or budget.reached(run.dist, run.device)
+        stopped = run.tick()
         if run.step % cfg.log_every == 0:
-            run.log({"event": "train", **log_meter.mean(), "train_seconds": round(budget.spent, 1)})
+            run.log({"event": "train", **log_meter.mean(), "train_seconds": round(run.budget.spent, 1)})
             log_meter = Meter()
         if cfg.sample_every and run.step % cfg.sample_every == 0:
             evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")
@@ -195,28 +195,13 @@ def main(cfg: Config) -> dict[str, Any]:
     opts = {"opt_d": adam([D], cfg), "opt_eg": adam([E, G], cfg)}
     objects = {"encoder": E, "generator": G, "discriminator": D, **opts}
     state = run.restore(objects)
-    budget = run.budget
     fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "uniform").to(run.device)
     noise = training_noise(run, cfg.seed, state)
-    epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
-    while epoch < cfg.epochs and not run.done and not budget.reached(run.dist, run.device):
-        run.epoch = epoch
-        stats = train_one_epoch(run, E, G, D, opts, loader, epoch, skip, cfg, budget, fixed_z, noise)
-        real, done = stats.pop("real"), stats.pop("batches_done")
-        complete = done >= loader.batches_per_epoch
-        epoch, skip = (epoch + 1, 0) if complete else (epoch, done)  # a resume continues at batch `skip`
-        if real is not None:  # None only when a resume skips a whole epoch
-            stats |= evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")
-        summary = stats | {"train_seconds": round(budget.spent, 1)}
-        run.log({"event": "epoch", "complete": complete, "epochs_done": epoch, **summary})
-        run.save(objects, encoder=unwrap(E).encoder, epoch=epoch,
-                 extra={"set_id": manifest.id, "batches_done": skip, "noise_rng": noise.get_state(),
-                        "train_seconds": budget.spent,
-                        "time_budget_reached": budget.reached(run.dist, run.device)})
-    if budget.reached(run.dist, run.device):
-        run.log({"event": "time_budget", "seconds": cfg.time_budget, "spent": round(budget.spent, 1)})
-    run.close()
-    return summary
+    return run_gan_epochs(
+        run, loader, objects, unwrap(E).encoder, state, manifest.id, noise,
+        train_epoch=lambda epoch, skip: train_one_epoch(run, E, G, D, opts, loader, epoch, skip, cfg, fixed_z,
+                                                        noise),
+        evaluate=lambda real, tag: evaluate(E, G, D, real, fixed_z, run, tag))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -211,3 +211,32 @@ class Meter:
         keys = list(self.sums)
         values = (torch.stack([self.sums[k] for k in keys]) / self.n).tolist()
         return {k: round(v, 6) for k, v in zip(keys, values)}
+
+
+def run_gan_epochs(run, loader, objects: dict, encoder: nn.Module, state, set_id: str,
+                   noise: torch.Generator, train_epoch, evaluate) -> dict:
+    """The epoch loop both GAN trainers share.
+
+    ``train_epoch(epoch, skip)`` returns mean losses, ``batches_done`` (from the epoch's start) and the
+    last ``real`` batch; ``evaluate(real, tag)`` writes sample sheets and returns statistics. A checkpoint
+    follows every epoch and every stop (``--max-steps``, ``--time-budget``); a stop mid-epoch records how
+    far it got, so ``--resume`` continues at exactly the next batch.
+    """
+    epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
+    while epoch < run.cfg.epochs and not run.done:
+        run.epoch = epoch
+        stats = train_epoch(epoch, skip)
+        real, done = stats.pop("real"), stats.pop("batches_done")
+        complete = done >= loader.batches_per_epoch
+        epoch, skip = (epoch + 1, 0) if complete else (epoch, done)
+        if real is not None:  # None only when a resume skips a whole epoch
+            stats |= evaluate(real, f"step{run.step:07d}")
+        summary = stats | {"train_seconds": round(run.budget.spent, 1)}
+        run.log({"event": "epoch", "complete": complete, "epochs_done": epoch, **summary})
+        run.save(objects, encoder=encoder, epoch=epoch,
+                 extra={"set_id": set_id, "batches_done": skip, "noise_rng": noise.get_state(),
+                        "time_budget_reached": run.budget.reached(run.dist, run.device)})
+    if run.budget.reached(run.dist, run.device):
+        run.log({"event": "time_budget", "seconds": run.cfg.time_budget, "spent": round(run.budget.spent, 1)})
+    run.close()
+    return summary

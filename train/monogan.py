@@ -20,9 +20,9 @@ from torch import nn
 from augment.manifest import read_manifest
 from train.common_cli import cli_run
 from train.data import make_loader, prepare
-from train.engine import CommonConfig, Run, TimeBudget, common_options, unwrap
+from train.engine import CommonConfig, Run, common_options, unwrap
 from train.gan_models import (CRITIC_NORMS, Critic, Meter, UpGenerator, fixed_noise,
-                              interpolate, penalty_terms, save_grid, training_noise)
+                              interpolate, penalty_terms, run_gan_epochs, save_grid, training_noise)
 
 METHOD = "monogan"
 IMAGE_SIZE = 32
@@ -104,7 +104,7 @@ def evaluate(G: nn.Module, D: nn.Module, real: torch.Tensor, fixed_z: torch.Tens
 
 
 def train_one_epoch(run: Run, G: nn.Module, D: nn.Module, opts: dict[str, torch.optim.Optimizer],
-                    loader, epoch: int, skip: int, cfg: Config, budget: TimeBudget,
+                    loader, epoch: int, skip: int, cfg: Config,
                     fixed_z: torch.Tensor, noise: torch.Generator) -> dict[str, Any]:
     """Critic steps on batches ``skip``.. of ``epoch``, a generator step after every ``n_critic``-th.
 
@@ -126,12 +126,12 @@ def train_one_epoch(run: Run, G: nn.Module, D: nn.Module, opts: dict[str, torch.
             log_meter.add(stats)
             stop = run.tick()
             if run.step % cfg.log_every == 0:
-                run.log({"event": "train", **log_meter.mean(), "train_seconds": round(budget.spent, 1)})
+                run.log({"event": "train", **log_meter.mean(), "train_seconds": round(run.budget.spent, 1)})
                 log_meter = Meter()
             if cfg.sample_every and run.step % cfg.sample_every == 0:
                 evaluate(G, D, real, fixed_z, run, f"step{run.step:07d}")
         # The budget is checked after every critic step: a generator cycle can take long on a CPU.
-        if stop or budget.reached(run.dist, run.device):
+        if stop or run.done:
             break
     return {**epoch_meter.mean(), "batches_done": done, "real": real}
 
@@ -154,29 +154,12 @@ def main(cfg: Config) -> dict[str, Any]:
             "opt_d": torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))}
     objects = {"generator": G, "critic": D, **opts}
     state = run.restore(objects)
-    budget = run.budget
     fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "normal").to(run.device)
     noise = training_noise(run, cfg.seed, state)
-    epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
-    while epoch < cfg.epochs and not run.done and not budget.reached(run.dist, run.device):
-        run.epoch = epoch
-        stats = train_one_epoch(run, G, D, opts, loader, epoch, skip, cfg, budget, fixed_z, noise)
-        real, done = stats.pop("real"), stats.pop("batches_done")
-        complete = done >= loader.batches_per_epoch
-        epoch, skip = (epoch + 1, 0) if complete else (epoch, done)  # a resume continues at batch `skip`
-        if real is not None:  # None only when a resume skips a whole epoch
-            stats |= evaluate(G, D, real, fixed_z, run, f"step{run.step:07d}")
-        summary = stats
-        summary["train_seconds"] = round(budget.spent, 1)
-        run.log({"event": "epoch", "complete": complete, "epochs_done": epoch, **summary})
-        run.save(objects, encoder=unwrap(D).encoder, epoch=epoch,
-                 extra={"set_id": manifest.id, "batches_done": skip, "noise_rng": noise.get_state(),
-                        "train_seconds": budget.spent,
-                        "time_budget_reached": budget.reached(run.dist, run.device)})
-    if budget.reached(run.dist, run.device):
-        run.log({"event": "time_budget", "seconds": cfg.time_budget, "spent": round(budget.spent, 1)})
-    run.close()
-    return summary
+    return run_gan_epochs(
+        run, loader, objects, unwrap(D).encoder, state, manifest.id, noise,
+        train_epoch=lambda epoch, skip: train_one_epoch(run, G, D, opts, loader, epoch, skip, cfg, fixed_z, noise),
+        evaluate=lambda real, tag: evaluate(G, D, real, fixed_z, run, tag))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

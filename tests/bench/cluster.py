@@ -10,6 +10,8 @@ each phase timed, then an estimate for ImageNet scale (n = 1.28M, k = 10,000) fr
 """
 from __future__ import annotations
 
+import os
+
 import time
 
 import numpy as np
@@ -53,6 +55,8 @@ def estimate(small: dict, big: dict, n: int = TARGET_N, k: int = TARGET_K) -> di
 def run(quick: bool) -> str:
     """Markdown section: a table of measured phases and the ImageNet-scale estimate."""
     import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # as the trainer's main process has them
 
     d = 256 if quick else D
     cases = [(1_000, 20), (2_000, 20)] if quick else [(50_000, 1_000), (200_000, 1_000)]

@@ -13,7 +13,7 @@ import time
 
 import click
 
-SECTIONS = ["render", "loader", "cluster", "probe"]
+SECTIONS = ["render", "loader", "cluster", "probe", "gans"]
 
 
 def machine() -> str:
@@ -34,10 +34,15 @@ def machine() -> str:
 def main(out: str, only: tuple[str, ...], quick: bool) -> None:
     """Run the benchmarks and write their Markdown report."""
     parts = [f"# Benchmarks\n\nMeasured by `make bench` on {machine()}, {time.strftime('%Y-%m-%d')}.\n"]
+    import torch
+
+    threads = torch.get_num_threads()
     for name in only or SECTIONS:
         mod = importlib.import_module(f"tests.bench.{name}")
         click.echo(f"== {name}", err=True)
         parts.append(mod.run(quick=quick))
+        # a section may pin threads (the loader's workers use one each); the next starts from the default
+        torch.set_num_threads(threads)
     text = "\n".join(parts)
     if quick:
         click.echo(text)
