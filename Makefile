@@ -15,6 +15,9 @@ SEED ?= 0
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 OUT ?= shards/$(notdir $(basename $(IMG)))-n$(N)-s$(S)-d$(D)
 ARGS ?=
+# Named images (A, B, C) are looked up in $SOURCE_IMAGE_DIR; default to the workplace's shared copy if present.
+SOURCE_IMAGE_DIR ?= $(wildcard $(CURDIR)/../shared/data/images)
+export SOURCE_IMAGE_DIR
 
 .PHONY: install pillow-simd test test-slow test-data bench shards repro-cpu repro-ablation-cpu clean
 

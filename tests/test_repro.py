@@ -70,3 +70,22 @@ def test_ablation_plan_renders_table1_cells_and_reuses_the_full_set():
     assert len(trains) == 8 and all(a[a.index("--time-budget") + 1] == "60" for a in trains)
     assert any(os.path.join("w", "sets", "B-cifar") in a for a in trains)
     assert len([r for _, _, r in plan if r]) == 8
+
+
+@pytest.mark.slow
+def test_toy_ablation_adds_table1_to_the_same_results(tmp_path):
+    src = tmp_path / "src.png"
+    yy, xx = np.mgrid[0:90, 0:120]
+    Image.fromarray(np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8)).save(src)
+    cifar = tiny_cifar(str(tmp_path / "cifar"))
+    out = tmp_path / "results.md"
+    r = CliRunner().invoke(repro.cli, [
+        "--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
+        "--out", str(out), "--count", "32", "--batch-size", "8", "--train-minutes", "0.001",
+        "--ablation-minutes", "0.001", "--probe-epochs", "1", "--workers", "0", "--no-rotnet", "--ablation"])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "## Table 3 layout" in text and "## Table 1 layout" in text
+    table1 = text.split("## Table 1 layout")[1]
+    for label in ["(a) Fully sup.", "(b) Random feat.", *repro.ABLATION_CELLS]:
+        assert f"| {label} |" in table1, label
