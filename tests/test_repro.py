@@ -22,11 +22,16 @@ def tiny_cifar(root, per_class=12):
     return root
 
 
-def test_toy_pipeline_writes_results_and_resumes(tmp_path):
+def toy_source(tmp_path):
+    """A smooth 120 x 90 gradient image standing in for Image B."""
     src = tmp_path / "src.png"
     yy, xx = np.mgrid[0:90, 0:120]
     Image.fromarray(np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8)).save(src)
-    cifar = tiny_cifar(str(tmp_path / "cifar"))
+    return src
+
+
+def test_toy_pipeline_writes_results_and_resumes(tmp_path):
+    src, cifar = toy_source(tmp_path), tiny_cifar(str(tmp_path / "cifar"))
     out = tmp_path / "results.md"
     args = ["--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
             "--out", str(out), "--count", "32", "--batch-size", "8", "--train-minutes", "0.001",
@@ -74,10 +79,7 @@ def test_ablation_plan_renders_table1_cells_and_reuses_the_full_set():
 
 @pytest.mark.slow
 def test_toy_ablation_adds_table1_to_the_same_results(tmp_path):
-    src = tmp_path / "src.png"
-    yy, xx = np.mgrid[0:90, 0:120]
-    Image.fromarray(np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8)).save(src)
-    cifar = tiny_cifar(str(tmp_path / "cifar"))
+    src, cifar = toy_source(tmp_path), tiny_cifar(str(tmp_path / "cifar"))
     out = tmp_path / "results.md"
     r = CliRunner().invoke(repro.cli, [
         "--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
