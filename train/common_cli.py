@@ -7,13 +7,14 @@ trainer whose step is not "one optimiser, one cross-entropy" (BiGAN, MonoGAN wri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import click
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from train.engine import CommonConfig, Run, ResumeState
+from train.engine import CommonConfig, Run, ResumeState, all_reduce_mean, unwrap
 from train.models import AlexNetClassifier, EncoderSpec, SmallClassifier
 
 ARCH_CHOICES = ("alexnet", "small")
@@ -53,6 +54,51 @@ class Meter:
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+
+
+# A trainer's map from one loader batch to (inputs, targets) on the run's device.
+ToXY = Callable[[tuple], tuple[torch.Tensor, torch.Tensor]]
+
+
+def fit_epoch(run: Run, model: nn.Module, batches, opt: torch.optim.Optimizer, to_xy: ToXY, desc: str,
+              skip: int) -> dict:
+    """Cross-entropy steps over ``batches`` (which start at batch ``skip``) until they end or the run is done.
+
+    Returns the sample-weighted mean loss and accuracy and ``batches_done`` counted from the epoch's start.
+    """
+    meter, done = Meter(), skip
+    for batch in run.progress(batches, len(batches), desc):
+        x, y = to_xy(batch)
+        with run.autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        run.check_finite(loss.item())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        acc = (logits.argmax(1) == y).float().mean().item()
+        meter.add(len(y), loss=loss.item(), acc=acc)
+        done += 1
+        stop = run.tick()  # the budget check is a collective under DDP: ask once per step
+        if stop or run.step % run.cfg.log_every == 0:
+            run.log({"event": "train", "loss": loss.item(), "acc": acc, "lr": opt.param_groups[0]["lr"]})
+        if stop:
+            break
+    return {**meter.means(), "batches_done": done}
+
+
+def score(run: Run, model: nn.Module, batches: Iterable, to_xy: ToXY, acc_key: str = "acc") -> dict:
+    """Mean loss and accuracy (as ``acc_key``) of the model in eval mode over ``batches``, averaged over ranks."""
+    net = unwrap(model).eval()
+    meter = Meter()
+    with torch.inference_mode():
+        for batch in batches:
+            x, y = to_xy(batch)
+            with run.autocast():
+                logits = net(x).float()
+            meter.add(len(y), loss=F.cross_entropy(logits, y).item(),
+                      **{acc_key: (logits.argmax(1) == y).float().mean().item()})
+    return {k: all_reduce_mean(v, run.dist, run.device) for k, v in meter.means().items()}
 
 
 def run_epochs(run: Run, cfg: CommonConfig, objects: dict[str, Any], encoder: nn.Module,

@@ -9,18 +9,19 @@ the paper's section 4.2 with one linear layer, for CIFAR-sized sets.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import click
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from train.common_cli import ARCH_CHOICES, DEFAULT_INPUT, Meter, build_classifier, cli_run, run_epochs, sgd
+from train.common_cli import (ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cli_run, fit_epoch, run_epochs,
+                              score, sgd)
 from augment.manifest import read_manifest
 from train.data import ShardLoader, center_crop, make_loader, prepare, random_crop_flip
-from train.engine import CommonConfig, Run, all_reduce_mean, common_options, unwrap
+from train.engine import CommonConfig, Run, common_options, unwrap
 from train.models import EncoderSpec
 
 METHOD = "rotnet"
@@ -76,25 +77,9 @@ def train_one_epoch(run: Run, model: nn.Module, loader: ShardLoader, opt: torch.
                     epoch: int, skip: int = 0) -> dict:
     """Train on batches ``skip..`` of ``epoch`` (or until --max-steps); mean loss and rotation accuracy."""
     model.train()
-    meter, done = Meter(), skip
     batches = loader.epoch(epoch, skip)
-    for images, _ in run.progress(batches, len(batches), f"rotnet epoch {epoch}"):
-        x, y = rotations(prepare(images, run.device))
-        with run.autocast():
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        run.check_finite(loss.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        acc = (logits.argmax(1) == y).float().mean().item()
-        meter.add(len(y), loss=loss.item(), acc=acc)
-        done += 1
-        if run.tick() or run.step % run.cfg.log_every == 0:
-            run.log({"event": "train", "loss": loss.item(), "acc": acc, "lr": opt.param_groups[0]["lr"]})
-        if run.done:
-            break
-    return {**meter.means(), "batches_done": done}
+    return fit_epoch(run, model, batches, opt, lambda b: rotations(prepare(b[0], run.device)),
+                     f"rotnet epoch {epoch}", skip)
 
 
 def evaluate(run: Run, model: nn.Module, loader: ShardLoader, max_batches: int) -> dict:
@@ -103,18 +88,8 @@ def evaluate(run: Run, model: nn.Module, loader: ShardLoader, max_batches: int) 
     Not a held-out split: every patch of a single-image set comes from the same image, so this
     measures how well the pretext task is solved, not generalisation to other images.
     """
-    net = unwrap(model).eval()
-    meter = Meter()
-    with torch.inference_mode():
-        for i, (images, _) in enumerate(loader.epoch(EVAL_EPOCH)):
-            if i >= max_batches:
-                break
-            x, y = rotations(prepare(images, run.device))
-            with run.autocast():
-                logits = net(x).float()
-            meter.add(len(y), loss=F.cross_entropy(logits, y).item(),
-                      acc=(logits.argmax(1) == y).float().mean().item())
-    return {k: all_reduce_mean(v, run.dist, run.device) for k, v in meter.means().items()}
+    batches = itertools.islice(loader.epoch(EVAL_EPOCH), max_batches)
+    return score(run, model, batches, lambda b: rotations(prepare(b[0], run.device)))
 
 
 def main(cfg: Config) -> dict:

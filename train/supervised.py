@@ -9,17 +9,18 @@ and 60, 90 epochs, batch 256 (docs/training.md).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import click
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from train.common_cli import ARCH_CHOICES, DEFAULT_INPUT, Meter, build_classifier, cli_run, run_epochs, sgd
+from train.common_cli import (ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cli_run, fit_epoch, run_epochs,
+                              score, sgd)
 from train.data import prepare
-from train.engine import CommonConfig, Run, all_reduce_mean, common_options, load_checkpoint, unwrap
+from train.engine import CommonConfig, Run, common_options, load_checkpoint, unwrap
 from train.folder_data import DATASETS, FolderLoader, make_folder_loader, open_splits, transforms_for
 from train.models import EncoderSpec
 
@@ -90,43 +91,23 @@ def train_one_epoch(run: Run, model: nn.Module, loader: FolderLoader, opt: torch
                     epoch: int, skip: int = 0) -> dict:
     """Cross-entropy on batches ``skip..`` of ``epoch`` (or until --max-steps); mean loss and accuracy."""
     train_mode(model, run.cfg.freeze)
-    meter, done = Meter(), skip
-    batches = loader.epoch(epoch, skip)
-    for images, labels in run.progress(batches, len(batches), f"supervised epoch {epoch}"):
-        x, y = prepare(images, run.device), labels.to(run.device, non_blocking=True)
-        with run.autocast():
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        run.check_finite(loss.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        acc = (logits.argmax(1) == y).float().mean().item()
-        meter.add(len(y), loss=loss.item(), acc=acc)
-        done += 1
-        if run.tick() or run.step % run.cfg.log_every == 0:
-            run.log({"event": "train", "loss": loss.item(), "acc": acc, "lr": opt.param_groups[0]["lr"]})
-        if run.done:
-            break
-    return {**meter.means(), "batches_done": done}
+    return fit_epoch(run, model, loader.epoch(epoch, skip), opt, lambda b: to_xy(b, run.device),
+                     f"supervised epoch {epoch}", skip)
+
+
+def to_xy(batch: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = batch
+    return prepare(images, device), labels.to(device, non_blocking=True)
 
 
 def evaluate(run: Run, model: nn.Module, loader: FolderLoader | None, max_batches: int) -> dict:
     """Top-1 accuracy and loss on the evaluation split (centre crops), all of it unless ``max_batches``."""
     if loader is None:
         return {}
-    net = unwrap(model).eval()
-    meter = Meter()
-    with torch.inference_mode():
-        for i, (images, labels) in enumerate(loader.epoch(0)):
-            if max_batches and i >= max_batches:
-                break
-            y = labels.to(run.device)
-            with run.autocast():
-                logits = net(prepare(images, run.device)).float()
-            meter.add(len(y), loss=F.cross_entropy(logits, y).item(),
-                      top1=(logits.argmax(1) == y).float().mean().item())
-    return {k: all_reduce_mean(v, run.dist, run.device) for k, v in meter.means().items()}
+    batches = loader.epoch(0)
+    if max_batches:
+        batches = itertools.islice(batches, max_batches)
+    return score(run, model, batches, lambda b: to_xy(b, run.device), acc_key="top1")
 
 
 def main(cfg: Config) -> dict:
