@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.toyset import make_toy_set
-from train.bigan import Config, cli, main
+from train.bigan import Config, cli, lr_at, main
 from train.engine import load_checkpoint
 from train.gan_models import BiGANEncoder, JointDiscriminator, UpGenerator
 from train.models import build_encoder
@@ -102,3 +102,34 @@ def test_cli_one_step_with_a_smaller_generator(tmp_path):
         assert im.size == (8 * 34 + 2, 34 + 2)  # 32-px tiles: resized crops beside reconstructions
     res = CliRunner().invoke(cli, args)  # same --out again without --resume
     assert res.exit_code != 0 and "--resume" in res.output
+
+
+def test_lr_decay_follows_the_released_schedule():
+    # --epochs 4 --decay-epochs 2: two constant epochs, then the decay (train_gan.py's set_lr)
+    exp = Config(lr=1.0, epochs=4, decay_epochs=2)
+    assert [lr_at(e, exp) for e in range(4)] == pytest.approx([1.0, 1.0, 0.1, 0.01])   # log-linear to 0.01
+    lin = Config(lr=1.0, epochs=4, decay_epochs=2, linear_decay=True)
+    assert [lr_at(e, lin) for e in range(4)] == pytest.approx([1.0, 1.0, 1.0, 0.5])    # towards 0, never 0
+    assert lr_at(3, Config(lr=2.0, epochs=4, decay_epochs=4, final_lr_mult=0.5)) == pytest.approx(1.0)
+    assert {lr_at(e, Config(lr=2e-4, epochs=3)) for e in range(3)} == {2e-4}          # default: constant
+
+
+@pytest.mark.parametrize("extra, needle", [(["--decay-epochs", "3"], "--decay-epochs 3"),
+                                           (["--decay-epochs", "1", "--final-lr-mult", "0"], "--final-lr-mult 0")])
+def test_cli_rejects_bad_decay(tmp_path, extra, needle):
+    toy = make_toy_set(str(tmp_path / "toy"), count=4, size=64, per_shard=4)
+    out = str(tmp_path / "run")
+    res = CliRunner().invoke(cli, ["--shards", toy, "--out", out, "--crop", "64", "--workers", "0",
+                                   "--epochs", "2", *extra])
+    assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
+    assert not os.path.exists(out)
+
+
+def test_decayed_lr_is_applied_and_logged_per_epoch(tmp_path):
+    toy = make_toy_set(str(tmp_path / "toy"), count=4, size=64, per_shard=4)
+    out = str(tmp_path / "run")
+    main(Config(shards=toy, out=out, epochs=2, decay_epochs=1, lr=1e-3, sample_every=0, **FAST))
+    epochs = [r for r in read_log(out) if r.get("event") == "epoch"]
+    assert [r["lr"] for r in epochs] == pytest.approx([1e-3, 1e-5])
+    ck = load_checkpoint(out)
+    assert [g["lr"] for g in ck["state"]["opt_d"]["param_groups"]] == pytest.approx([1e-5, 1e-5])

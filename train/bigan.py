@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import math
+
 import click
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,9 @@ class Config(CommonConfig):
     beta1: float = 0.5
     beta2: float = 0.999
     weight_decay: float = 2.5e-5
+    decay_epochs: int = 0             # the last K of --epochs decay the lr (the original's --decay_epochs)
+    linear_decay: bool = False        # linear instead of exponential decay (the original's --linear_decay)
+    final_lr_mult: float | None = None  # lr multiplier reached at the end; None: 0.01 exp., 0 linear
     sample_every: int = 500
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("crop", "gen_size", "z_dim", "head_width", "g_width", "d_width")
@@ -61,17 +66,40 @@ def build(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
 
 
 def check_sizes(cfg: Config, set_size: int) -> None:
-    """A crop the networks support, from patches at least that large; else one clear error."""
+    """A crop the networks support, from patches at least that large, and a valid lr decay; else one
+    clear error."""
     if cfg.crop < MIN_CROP or cfg.crop % 16:
         raise click.ClickException(f"--crop {cfg.crop}: must be a multiple of 16 and at least {MIN_CROP} "
                                    f"(AlexNet collapses below that); the paper's is 112")
     if cfg.gen_size and (cfg.gen_size % 16 or not 32 <= cfg.gen_size <= cfg.crop):
         raise click.ClickException(f"--gen-size {cfg.gen_size}: must be a multiple of 16 between 32 and "
                                    f"--crop {cfg.crop} (0: the crop itself)")
+    if cfg.decay_epochs > cfg.epochs:
+        raise click.ClickException(f"--decay-epochs {cfg.decay_epochs}: more than --epochs {cfg.epochs}; the "
+                                   f"decay takes the last K of the epochs (the original: --epochs 400 "
+                                   f"--decay-epochs 200)")
+    mult = cfg.final_lr_mult
+    if mult is not None and not (0 <= mult <= 1 and (mult > 0 or cfg.linear_decay)):
+        raise click.ClickException(f"--final-lr-mult {mult}: must be in (0, 1] for exponential decay, "
+                                   f"[0, 1] with --linear-decay")
     if set_size < cfg.crop:
         raise click.ClickException(f"{cfg.shards}: patches are {set_size}x{set_size}, smaller than --crop "
                                    f"{cfg.crop}; render with `python -m augment render --size 128` "
                                    f"or lower --crop")
+
+
+def lr_at(epoch: int, cfg: Config) -> float:
+    """The learning rate of ``epoch`` (0-based): constant, then the released code's decay over the last
+    ``decay_epochs`` epochs, log-linear to ``final_lr_mult`` x lr (reached in the last epoch) or linear
+    towards it (the last epoch keeps a non-zero lr, as there)."""
+    start = cfg.epochs - cfg.decay_epochs
+    if cfg.decay_epochs == 0 or epoch < start:
+        return cfg.lr
+    final = cfg.lr * (cfg.final_lr_mult if cfg.final_lr_mult is not None else (0.0 if cfg.linear_decay else 0.01))
+    if cfg.linear_decay:
+        return cfg.lr + (epoch - start) / cfg.decay_epochs * (final - cfg.lr)
+    t = (epoch - start + 1) / cfg.decay_epochs
+    return math.exp(math.log(cfg.lr) + t * (math.log(final) - math.log(cfg.lr)))
 
 
 def adam(modules: list[nn.Module], cfg: Config) -> torch.optim.Adam:
@@ -155,6 +183,10 @@ def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
     """Steps on batches ``skip``.. of ``epoch``; returns mean stats, ``batches_done`` (from the epoch's
     start, fewer than the epoch's when ``--max-steps`` or ``--time-budget`` stopped it), the last batch."""
     epoch_meter, log_meter, real, done = Meter(), Meter(), None, skip
+    lr = lr_at(epoch, cfg)  # a pure function of the epoch, so a resumed run needs no scheduler state
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
     batches = loader.epoch(epoch, skip)
     for images, _ in run.progress(batches, len(batches), f"{METHOD} epoch {epoch}"):
         real = prepare(images, run.device)
@@ -173,7 +205,7 @@ def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
             evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")
         if stopped:
             break
-    return {**epoch_meter.mean(), "batches_done": done, "real": real}
+    return {**epoch_meter.mean(), "lr": lr, "batches_done": done, "real": real}
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -223,6 +255,12 @@ def main(cfg: Config) -> dict[str, Any]:
 @click.option("--beta1", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--beta2", default=0.999, show_default=True, type=click.FloatRange(0, 1, max_open=True))
 @click.option("--weight-decay", default=2.5e-5, show_default=True, type=click.FloatRange(0))
+@click.option("--decay-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="Decay the lr over the last K of --epochs (released code: --epochs 400 --decay-epochs 200); "
+                   "0: constant lr.")
+@click.option("--linear-decay", is_flag=True, help="Decay linearly (default: exponentially, as released).")
+@click.option("--final-lr-mult", default=None, type=float,
+              help="lr multiplier at the end of the decay  [default: 0.01, or 0 with --linear-decay]")
 @click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0),
               help="Write sample and reconstruction sheets every K steps (0: only at epoch ends).")
 @click.option("--log-every", default=20, show_default=True, type=click.IntRange(1),
