@@ -71,10 +71,63 @@ def test_ablation_plan_renders_table1_cells_and_reuses_the_full_set():
     assert flags["(c) No aug."] == {"--no-scale", "--no-rotation", "--no-jitter"}
     assert flags["(f) Scale"] == {"--no-rotation", "--no-jitter"}
     assert flags["(i) Jitter & scale"] == {"--no-rotation"}
-    trains = [argv for name, argv, _ in plan if name.startswith("train")]
-    assert len(trains) == 8 and all(a[a.index("--time-budget") + 1] == "60" for a in trains)
-    assert any(os.path.join("w", "sets", "B-cifar") in a for a in trains)
-    assert len([r for _, _, r in plan if r]) == 8
+    trains = {name.removeprefix("train MonoGAN "): argv for name, argv, _ in plan if name.startswith("train")}
+    # eight cells plus a second training seed of (j), all on the same budget
+    assert len(trains) == 9 and all(a[a.index("--time-budget") + 1] == "60" for a in trains.values())
+    full_set = os.path.join("w", "sets", "B-cifar")
+    assert full_set in trains["(j) All"] and full_set in trains[repro.SEED_CELL]
+    seeds = {k: a[a.index("--seed") + 1] for k, a in trains.items()}
+    assert seeds[repro.SEED_CELL] == "1" and {v for k, v in seeds.items() if k != repro.SEED_CELL} == {"0"}
+    outs = [a[a.index("--out") + 1] for a in trains.values()]
+    assert len(set(outs)) == 9
+    assert len({r for _, _, r in plan if r}) == 9
+
+
+def test_main_effects_of_the_papers_table1():
+    eff = repro.main_effects(repro.PAPER_T1)
+    # scale at conv1: mean of (f, h, i, j) minus mean of (c, d, e, g)
+    assert eff["scale"][0] == pytest.approx((67.9 + 67.6 + 68.1 + 68.1) / 4 - (57.9 + 58.9 + 61.4 + 64.9) / 4)
+    # jitter at conv4: mean of (d, g, i, j) minus mean of (c, e, f, h)
+    assert eff["jitter"][3] == pytest.approx((49.8 + 53.4 + 62.4 + 63.5) / 4 - (47.8 + 47.5 + 59.1 + 60.7) / 4)
+    assert max(eff, key=lambda a: eff[a][0] + eff[a][1]) == "scale"
+    assert repro.main_effects({"(c) No aug.": [50.0] * 4}) is None
+
+
+def fake_table1(boost: str, noise: float):
+    """Table 1 rows where only `boost` (scale/rotation/jitter) adds 5 points, plus a seed-shifted (j)."""
+    k = repro.AUGMENTATIONS.index(boost)
+    rows = {c: [50.0 + 5.0 * flags[k]] * 4 for c, flags in repro.ABLATION_CELLS.items()}
+    rows[repro.SEED_CELL] = [v + noise for v in rows["(j) All"]]
+    rows["(b) Random feat."] = [49.0] * 4
+    return rows
+
+
+def test_ablation_verdict_names_the_largest_effect_and_the_noise():
+    text = repro.ablation_verdict(fake_table1("scale", noise=1.0))
+    assert "**scale**" in text and "as in the paper" in text
+    assert "1.0 / 1.0 / 1.0 / 1.0" in text           # seed spread per layer
+    assert "| rotation | +0.0 *within noise* |" in text and "| scale | +5.0 | " in text
+    text = repro.ablation_verdict(fake_table1("jitter", noise=8.0))
+    assert "**jitter**" in text and "does **not** show" in text
+    assert "| jitter | +5.0 *within noise* |" in text
+    assert "no verdict" in repro.ablation_verdict({"(j) All": [50.0] * 4})
+
+
+def test_results_with_ablation_have_table1_verdict_and_figure(tmp_path):
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work=str(tmp_path / "w"), out=str(tmp_path / "r.md"),
+                            ablation=True)
+    main_rows = {"Fully supervised": [60.0] * 4, "Random": [49.0] * 4, "MonoGAN": [55.0] * 4}
+    abl = {k: v for k, v in fake_table1("scale", 0.5).items() if k != "(b) Random feat."}
+    repro.write_results(cfg, main_rows, abl, {"train MonoGAN": {"seconds": 600.0, "commit": "abc1234"},
+                                              "probe MonoGAN": {"seconds": 170.0}})
+    text = (tmp_path / "r.md").read_text()
+    table1 = text.split("## Table 1 layout")[1]
+    assert "| (a) Fully sup. | 60.0 | 66.5 |" in table1 and "| (b) Random feat. | 49.0 | 57.8 |" in table1
+    assert f"| {repro.SEED_CELL} | 55.5 | – |" in table1
+    assert "### What Table 1 claims, checked" in table1 and "**scale**" in table1
+    assert "| train MonoGAN | 600 | abc1234 |" in text and "| probe MonoGAN | 170 | not recorded |" in text
+    assert "make repro-ablation-cpu" in text
+    assert (tmp_path / "r-ablation.png").stat().st_size > 1000 and (tmp_path / "r.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -89,5 +142,7 @@ def test_toy_ablation_adds_table1_to_the_same_results(tmp_path):
     text = out.read_text()
     assert "## Table 3 layout" in text and "## Table 1 layout" in text
     table1 = text.split("## Table 1 layout")[1]
-    for label in ["(a) Fully sup.", "(b) Random feat.", *repro.ABLATION_CELLS]:
+    for label in ["(a) Fully sup.", "(b) Random feat.", *repro.ABLATION_CELLS, repro.SEED_CELL]:
         assert f"| {label} |" in table1, label
+    assert "### What Table 1 claims, checked" in table1 and "Seed spread" in table1
+    assert (tmp_path / "results-ablation.png").stat().st_size > 1000
