@@ -284,13 +284,14 @@ def machine() -> str:
 
 
 def git_rev() -> str:
-    """Short commit of the code that runs, ``+dirty`` with uncommitted changes to tracked files."""
+    """Short commit of the code that runs, ``+dirty`` with uncommitted changes to tracked files outside
+    docs/ (the pipeline rewrites docs/results.md itself as probes finish)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
 
     rev = git("rev-parse", "--short", "HEAD")
-    return (rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) if rev else "unknown"
+    return (rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)docs") else "")) if rev else "unknown"
 
 
 def collect(cfg: ReproConfig, plan, labels_from: str) -> dict[str, list[float | None]]:
