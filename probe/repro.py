@@ -75,6 +75,7 @@ class ReproConfig:
     count: int = 50_000              # D, the number of rendered patches
     train_seconds: float = 600.0     # wall-clock CPU budget per trained method
     ablation_seconds: float = 180.0  # per Table 1 cell
+    ablation_steps: int = 0          # if > 0: each cell trains this many generator steps instead
     probe_epochs: int = 36
     probe_jobs: int = 2              # layers probed in parallel processes (same results, faster on 2 cores)
     schedule: str = "paper"
@@ -99,6 +100,10 @@ def step(cfg: ReproConfig, name: str, argv: list[str], progress: str) -> dict:
     if os.path.isfile(marker):
         with open(marker) as f:
             rec = json.load(f)
+        if rec["argv"] != argv:  # a changed budget or option must not silently reuse the old result
+            raise click.ClickException(
+                f"step {name!r} was done in {cfg.work} with other arguments ({' '.join(rec['argv'])}); use a "
+                f"new --work folder, or delete {marker} and that step's outputs to redo it")
         click.echo(f"{progress} {name}: done earlier ({rec['seconds']:.0f} s), skipped", err=True)
         return rec
     click.echo(f"{progress} {name}: {' '.join(argv)}", err=True)
@@ -142,9 +147,12 @@ def render_args(cfg: ReproConfig, out: str, scale=True, rotation=True, jitter=Tr
     return args
 
 
-def train_common(cfg: ReproConfig, out: str, seconds: float, seed_offset: int = 0) -> list[str]:
-    return ["--out", out, "--device", cfg.device, "--seed", str(cfg.seed + seed_offset), "--workers", str(cfg.workers),
-            "--epochs", "10000", "--time-budget", f"{seconds:g}"]
+def train_common(cfg: ReproConfig, out: str, seconds: float, seed_offset: int = 0, steps: int = 0) -> list[str]:
+    """Flags every trained method shares; the budget is ``steps`` optimisation steps when given, else
+    ``seconds`` of training."""
+    budget = ["--max-steps", str(steps)] if steps else ["--time-budget", f"{seconds:g}"]
+    return ["--out", out, "--device", cfg.device, "--seed", str(cfg.seed + seed_offset),
+            "--workers", str(cfg.workers), "--epochs", "10000", *budget]
 
 
 def probe_args(cfg: ReproConfig, ckpt: str, out: str, data: str) -> list[str]:
@@ -199,7 +207,7 @@ def _monogan_cell(cfg: ReproConfig, label: str, set_dir: str, data: str, seed_of
     run_dir = ablation_run_dir(cfg, label)
     res = os.path.join(cfg.work, "probes", f"ablation-{slug(label)}")
     return [(f"train MonoGAN {label}", ["train.monogan", "--shards", set_dir, "--batch-size", str(cfg.batch_size)]
-             + train_common(cfg, run_dir, cfg.ablation_seconds, seed_offset), None),
+             + train_common(cfg, run_dir, cfg.ablation_seconds, seed_offset, cfg.ablation_steps), None),
             (f"probe {label}", probe_args(cfg, os.path.join(run_dir, "checkpoint.pt"), res, data), res)]
 
 
@@ -316,14 +324,14 @@ longer run must settle.
 
 # Why Table 1 needs a larger budget than Table 3's ordering (static: the numbers above speak for themselves).
 ABLATION_READING = """
-At the default 3 minutes each cell trains for a fraction of one pass over its patches (the table
-above gives the generator steps each reached: about a hundred on 2 CPU cores). Table 1's differences are differences in the data the generator must imitate,
-and we believe that after so few steps the critic has not yet been driven to the detail that
-rescaling, rotation or jitter add, so the cells end close to one another and most differences are no
-larger than the spread between two seeds of the same cell. Nothing here was tuned to move them. What
-would settle Table 1 is a budget at which MonoGAN alone separates from Random by much more than that
-spread: `--ablation-minutes 30` or more on this CPU (about 5 hours for the nine runs), or the same
-command with `--device cuda`.
+At the default 3 minutes each cell trains for a fraction of one pass over its patches (the table above
+gives the generator steps each reached: about a hundred on 2 CPU cores). Table 1's differences are
+differences in the data the generator must imitate, and we believe that after so few steps the critic
+has not yet been driven to the detail that rescaling, rotation or jitter add, so the cells end close to
+one another and most differences are no larger than the spread between two seeds of the same cell.
+Nothing here was tuned to move them. What would settle Table 1 is a budget at which MonoGAN alone
+separates from Random by much more than that spread: `--ablation-minutes 30` or more on this CPU (about
+5 hours for the nine runs), or the same command with `--device cuda`.
 """
 
 
@@ -453,7 +461,8 @@ def write_results(cfg: ReproConfig, main_rows, abl_rows, records: dict[str, dict
     if abl_rows:
         baselines = {"(a) Fully sup.": main_rows.get("Fully supervised"), "(b) Random feat.": main_rows.get("Random")}
         abl_rows = {k: v for k, v in baselines.items() if v} | abl_rows
-        parts += [f"## Table 1 layout: augmentation ablation (MonoGAN, {cfg.ablation_seconds / 60:g} min each)\n",
+        each = f"{cfg.ablation_steps} generator steps" if cfg.ablation_steps else f"{cfg.ablation_seconds / 60:g} min"
+        parts += [f"## Table 1 layout: augmentation ablation (MonoGAN, {each} each)\n",
                   table(abl_rows, PAPER_T1),
                   f"![Table 1 ablation]({os.path.basename(ablation_png(cfg))})\n",
                   "### What Table 1 claims, checked\n", ablation_verdict(abl_rows),
@@ -507,6 +516,9 @@ def run_repro(cfg: ReproConfig) -> dict:
 @click.option("--count", default=ReproConfig.count, show_default=True, type=click.IntRange(1))
 @click.option("--train-minutes", default=ReproConfig.train_seconds / 60, show_default=True, type=float)
 @click.option("--ablation-minutes", default=ReproConfig.ablation_seconds / 60, show_default=True, type=float)
+@click.option("--ablation-steps", default=0, show_default=True, type=click.IntRange(0),
+              help="Train each Table 1 cell this many generator steps instead of --ablation-minutes "
+                   "(equal training per cell whatever the machine's speed does meanwhile).")
 @click.option("--probe-epochs", default=ReproConfig.probe_epochs, show_default=True, type=click.IntRange(1))
 @click.option("--schedule", default="paper", type=click.Choice(["paper", "released"]), show_default=True)
 @click.option("--batch-size", default=ReproConfig.batch_size, show_default=True, type=click.IntRange(1))
@@ -515,13 +527,14 @@ def run_repro(cfg: ReproConfig) -> dict:
 @click.option("--rotnet/--no-rotnet", default=True, show_default=True)
 @click.option("--ablation", is_flag=True, help="Also run Table 1's eight augmentation cells.")
 @click.option("--device", default="cpu", show_default=True)
-def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes, probe_epochs, schedule,
-        batch_size, workers, seed, rotnet, ablation, device) -> None:
+def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes, ablation_steps, probe_epochs,
+        schedule, batch_size, workers, seed, rotnet, ablation, device) -> None:
     """Reproduce Table 3 (and with --ablation, Table 1) at reduced scale: render, train, probe, report."""
     if not os.path.isdir(images):
         raise click.ClickException(f"{images}: no such folder; pass IMAGES=folder/with/animals.png")
     cfg = ReproConfig(images=os.path.abspath(images), image=image, cifar=os.path.abspath(cifar), work=work, out=out,
                       count=count, train_seconds=train_minutes * 60, ablation_seconds=ablation_minutes * 60,
+                      ablation_steps=ablation_steps,
                       probe_epochs=probe_epochs, schedule=schedule, batch_size=batch_size, workers=workers,
                       seed=seed, rotnet=rotnet, ablation=ablation, device=device)
     t0 = time.time()

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import click
 from click.testing import CliRunner
 from PIL import Image
 
@@ -146,3 +147,22 @@ def test_toy_ablation_adds_table1_to_the_same_results(tmp_path):
         assert f"| {label} |" in table1, label
     assert "### What Table 1 claims, checked" in table1 and "Seed spread" in table1
     assert (tmp_path / "results-ablation.png").stat().st_size > 1000
+
+
+def test_a_step_done_with_other_arguments_is_not_silently_reused(tmp_path):
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work=str(tmp_path / "w"))
+    marker = repro._done_path(cfg, "train MonoGAN")
+    os.makedirs(os.path.dirname(marker))
+    with open(marker, "w") as f:
+        json.dump({"name": "train MonoGAN", "argv": ["train.monogan", "--time-budget", "600"], "seconds": 600.0}, f)
+    assert repro.step(cfg, "train MonoGAN", ["train.monogan", "--time-budget", "600"], "")["seconds"] == 600.0
+    with pytest.raises(click.ClickException, match="other arguments .*--time-budget 600.* new --work folder"):
+        repro.step(cfg, "train MonoGAN", ["train.monogan", "--time-budget", "1800"], "")
+
+
+def test_ablation_steps_replace_the_time_budget():
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work="w", ablation_steps=50)
+    trains = [argv for name, argv, _ in repro.ablation_plan(cfg, "data") if name.startswith("train")]
+    assert all(a[a.index("--max-steps") + 1] == "50" and "--time-budget" not in a for a in trains)
+    main = [argv for name, argv, _ in repro.main_plan(cfg, "data") if name.startswith("train MonoGAN")]
+    assert "--time-budget" in main[0] and "--max-steps" not in main[0]
