@@ -316,10 +316,11 @@ The budget is what separates these rows from the paper's, not the protocol: the 
 full 36-epoch schedule on the same encoder for every method. A CPU budget of minutes buys a few hundred
 MonoGAN generator steps (each is five critic steps with a double-backward gradient penalty), against the
 order of 10^5 generator steps of the WGAN-GP reference recipe the paper follows; supervised training gets
-several epochs of CIFAR-10 in the same time. We expect MonoGAN's rows to rise with longer training
-(`--train-minutes`, or the same command with `--device cuda` on a GPU), and the gap to Random to be the
-signal that survives any budget; the relative order of MonoGAN and supervised at conv1/conv2 is what a
-longer run must settle.
+several epochs of CIFAR-10 in the same time. We expect MonoGAN's rows to rise with longer training,
+slowly on a CPU: tripling its budget by hand moved them by at most 2 points (`docs/results-longer.md`),
+so the relative order of MonoGAN and supervised at conv1/conv2 is for a GPU run (the same command with
+`--device cuda` and a far larger `--train-minutes`) to settle; the gap to Random is the signal that
+survives this budget.
 """
 
 # Why Table 1 needs a larger budget than Table 3's ordering (static: the numbers above speak for themselves).
