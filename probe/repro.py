@@ -234,13 +234,15 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
 
 
-def table(rows: dict[str, list[float | None]], paper: dict[str, list[float]]) -> str:
-    head = "| Method | " + " | ".join(f"{l} (ours) | {l} (paper)" for l in LAYERS) + " |\n"
+def table(rows: dict[str, list[float | None]], paper: dict[str, list[float]], first: str = "Method",
+          ours=_fmt, theirs=_fmt) -> str:
+    """Markdown table, one row per label: ours and the paper's value side by side for every layer."""
+    head = f"| {first} | " + " | ".join(f"{l} (ours) | {l} (paper)" for l in LAYERS) + " |\n"
     head += "|---|" + "---:|---:|" * len(LAYERS) + "\n"
     lines = []
     for label, accs in rows.items():
         ref = paper.get(label, [None] * len(LAYERS))
-        lines.append(f"| {label} | " + " | ".join(f"{_fmt(a)} | {_fmt(p)}" for a, p in zip(accs, ref)) + " |")
+        lines.append(f"| {label} | " + " | ".join(f"{ours(a)} | {theirs(p)}" for a, p in zip(accs, ref)) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -388,10 +390,7 @@ def ablation_verdict(rows: dict[str, list[float | None]]) -> str:
         return f"{round(v, 1) + 0.0:+.1f}" + (" *within noise*" if spread is not None and abs(v) < spread else "")
 
     out.append("- Main effect of each augmentation (mean of the four cells with it minus the four without; "
-               "ours vs paper):\n\n| augmentation | " + " | ".join(f"{l} (ours) | {l} (paper)" for l in LAYERS)
-               + " |\n|---|" + "---:|---:|" * len(LAYERS) + "\n"
-               + "".join(f"| {a} | " + " | ".join(f"{mark(o)} | {p:+.1f}" for o, p in zip(ours[a], paper[a]))
-                         + " |\n" for a in AUGMENTATIONS))
+               "ours vs paper):\n\n" + table(ours, paper, "augmentation", mark, lambda p: f"{p:+.1f}"))
     early = {a: (v[0] + v[1]) / 2 for a, v in ours.items()}
     top = max(early, key=early.get)
     out.append(f"- The paper finds scale the most important single augmentation. Here the largest conv1/conv2 "

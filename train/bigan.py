@@ -65,7 +65,7 @@ def build(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
             JointDiscriminator(cfg.z_dim, side, cfg.d_width, n_down=4))
 
 
-def check_sizes(cfg: Config, set_size: int) -> None:
+def check_options(cfg: Config, set_size: int) -> None:
     """A crop the networks support, from patches at least that large, and a valid lr decay; else one
     clear error."""
     if cfg.crop < MIN_CROP or cfg.crop % 16:
@@ -214,10 +214,10 @@ def main(cfg: Config) -> dict[str, Any]:
         raise click.ClickException("--shards is required: an S = 128 set, e.g. `python -m augment render "
                                    "--image A --size 128`")
     manifest = read_manifest(cfg.shards)
-    check_sizes(cfg, manifest.size)  # before Run, so a wrong set leaves no run folder behind
+    check_options(cfg, manifest.size)  # before Run, so a wrong set leaves no run folder behind
     run = Run(cfg, METHOD)
     cfg = run.cfg
-    check_sizes(cfg, manifest.size)  # again: on --resume the checkpoint's --crop wins
+    check_options(cfg, manifest.size)  # again: on --resume the checkpoint's --crop wins
     run.log({"event": "data", "set_id": manifest.id, "count": manifest.count, "size": manifest.size,
              "sources": manifest.sources})
     loader = make_loader(manifest, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
