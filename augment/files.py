@@ -1,0 +1,137 @@
+"""The one place for the file acts every command shares: atomic writes, digests and clear disk errors.
+
+Every file this project writes (shards, manifests, checkpoints, logs' companions, caches, figures) goes
+through ``atomic_write``: a temporary name beside the target, fsync, then ``os.replace``. A crash or a
+full disk leaves the previous file intact and no temporary file behind. ``file_digest`` is the one
+streamed sha256. ``describe_os_error`` turns an ``OSError`` into the one line a user needs.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+from typing import IO, Iterator
+
+TMP_MARK = ".partial-"   # temporary files are named <target>.partial-<pid>[suffix]
+
+
+def temp_name(path: str, suffix: str = "") -> str:
+    """The temporary name of ``path`` for this process (``suffix`` keeps an extension a writer needs)."""
+    return f"{path}{TMP_MARK}{os.getpid()}{suffix}"
+
+
+def describe_os_error(e: OSError, path: str = "", need: int | None = None) -> str:
+    """One line for an OSError: what failed where, and what to do about it."""
+    where = path or getattr(e, "filename", "") or ""
+    folder = os.path.dirname(os.path.abspath(where)) if where else "."
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        want = f"; about {need:,} bytes are needed" if need else ""
+        have = f", {free:,} bytes free" if free is not None else ""
+        return f"{folder}: no space left on the device{have}{want}; free some space or write elsewhere"
+    if e.errno in (errno.EROFS,):
+        return f"{where}: the filesystem is read-only; choose a writable folder"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"{where}: permission denied; choose a folder you can write"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) and where:
+        return f"{where}: a file stands where a folder is needed; choose another path"
+    return f"{where}: {e.strerror or e}"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb", suffix: str = "") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    On any error (a full disk included) the temporary file is removed and ``path`` keeps its old
+    content. ``suffix`` is appended to the temporary name (e.g. ``.png`` for writers that infer the
+    format from the name).
+    """
+    tmp = temp_name(path, suffix)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """Like ``atomic_write``, for writers that take a file name (``torch.save``, h5py, PIL).
+
+    Yields the temporary name; the writer fills it, then it is fsynced and renamed over ``path``.
+    """
+    tmp = temp_name(path, suffix)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (fsync + rename)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def file_digest(path: str, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    """sha256 (hex) of bytes in memory."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (signal 0 probes without touching it)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str) -> list[str]:
+    """Remove ``*.partial-PID*`` files in ``folder`` whose process is gone; returns what was removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        head, mark, tail = name.rpartition(TMP_MARK)
+        if not mark:
+            continue
+        digits = "".join(c for c in tail.split(".", 1)[0] if c.isdigit())
+        if digits and int(digits) != os.getpid() and not pid_alive(int(digits)):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+    return removed
