@@ -17,7 +17,7 @@ import click
 import torch
 from torch import nn
 
-from train.engine import CHECKPOINT, load_checkpoint
+from train.checkpoint import CHECKPOINT, load_checkpoint
 from train.models import Encoder, EncoderSpec
 
 # Prefixes wrappers put in front of parameter names: DDP (module.) and torch.compile (_orig_mod.).

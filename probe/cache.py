@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from probe.backbone import Backbone
 from probe.data import Split, SplitImages
-from train.data import prepare
+from train.loader import prepare
 
 FORMAT = "single-image-ssl/feature-cache"
 DTYPES = ("float16", "float32")

@@ -1,6 +1,6 @@
 """Probe datasets: CIFAR-10/100 (torchvision's pickles or an ImageFolder tree) and ImageNet-style folders.
 
-Every image leaves here as uint8 ``C x H x W`` RGB; ``train.data.prepare`` scales it to (-1, 1), the
+Every image leaves here as uint8 ``C x H x W`` RGB; ``train.loader.prepare`` scales it to (-1, 1), the
 trainers' input range. Greyscale (and palette, CMYK, RGBA) files are converted with PIL's
 ``convert("RGB")``, which copies the grey level into all three channels (168 Tiny-ImageNet validation
 images need it).

@@ -56,7 +56,7 @@ def plot_filters(checkpoint: str, out: str, title: str = "") -> str:
     import matplotlib.pyplot as plt
 
     from probe.backbone import load_encoder_state
-    from train.engine import CHECKPOINT, load_checkpoint
+    from train.checkpoint import CHECKPOINT, load_checkpoint
 
     path = os.path.join(checkpoint, CHECKPOINT) if os.path.isdir(checkpoint) else checkpoint
     ck = load_checkpoint(path)

@@ -32,8 +32,8 @@ from probe.backbone import Backbone, load_backbone
 from probe.data import (DATASETS, FolderImages, eval_split_dir, first_image_size, folder_key, imagenet_transforms,
                         list_folder, load_cifar, subset)
 from probe.heads import POOLINGS, SCHEDULES, LayerProbe, build_probes, lr_at, milestones, ten_crop_average
-from train.data import prepare
-from train.engine import git_revision, library_versions, resolve_device
+from train.loader import prepare
+from train.run import git_revision, library_versions, resolve_device
 
 RESULT = "probe.json"
 LOG = "log.jsonl"

@@ -9,8 +9,8 @@ from PIL import Image
 
 from tests.toyset import make_toy_set
 from train.bigan import Config, cli, lr_at, main
-from train.engine import load_checkpoint
-from train.gan_models import BiGANEncoder, JointDiscriminator, UpGenerator
+from train.checkpoint import load_checkpoint
+from train.gan_nets import BiGANEncoder, JointDiscriminator, UpGenerator
 from train.models import build_encoder
 
 # S = 64 toy sets with a 64 crop: the smallest input AlexNet's conv/pool stack survives.

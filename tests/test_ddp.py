@@ -6,20 +6,21 @@ import subprocess
 import sys
 
 from tests.toyset import make_toy_set
-from train.engine import load_checkpoint
+from train.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each rank counts the training batches it receives and writes the count when it finishes.
 COUNT = """
 import json, os, sys
+import train.loop as loop
 import train.rotnet as r
 seen = []
-orig = r.train_one_epoch
+orig = loop.train_epoch
 def counted(*a, **k):
-    stats = orig(*a, **k)
-    seen.append(stats["batches_done"])
-    return stats
-r.train_one_epoch = counted
+    stats, done = orig(*a, **k)
+    seen.append(done)
+    return stats, done
+loop.train_epoch = counted
 try:
     r.cli(sys.argv[1:], standalone_mode=False)
 finally:

@@ -1,4 +1,4 @@
-"""DeepCluster trainer: the two streams, the epoch loop, resume, small-data errors and the CLI."""
+"""DeepCluster trainer: multiplicities and the one-pass mode of the common loader, the epoch loop, resume, small-data errors and the CLI."""
 import json
 import os
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torch.utils.data import DataLoader
 
 from augment.manifest import read_manifest
 from train import deepcluster as dc
-from train.engine import load_checkpoint
+from train.checkpoint import load_checkpoint
+from train.loader import make_loader, plan_epoch, random_resized_crop_flip, resize_center_crop, with_transform
 
 # Steps cost the same whatever the batch (26M parameters to update), so few big batches keep tests fast.
 TINY = dict(k=8, pca_dim=16, crop=64, batch_size=32, workers=0, device="cpu", kmeans_iters=5,
@@ -29,43 +29,52 @@ def epoch_records(out):
 # --------------------------------------------------------------------------- streams
 
 
-@pytest.mark.parametrize("n_shards,n_slots", [(8, 3), (4, 4), (2, 5)])
-def test_slot_parts_read_every_sample_exactly_once(n_shards, n_slots):
-    per = 7
-    seen = np.zeros(n_shards * per, int)
-    for slot in range(n_slots):
-        for s, part, n in dc.slot_parts(n_shards, seed=0, epoch=2, slot=slot, n_slots=n_slots):
-            seen[s * per + part:(s + 1) * per:n] += 1
+def test_plan_with_multiplicities_partitions_and_balances_draws():
+    counts, firsts = [20, 5, 13, 11, 1], [0, 20, 25, 38, 49]
+    mult = np.random.default_rng(3).integers(0, 4, 50)
+    plan = plan_epoch(counts, 0, 2, 3, firsts, mult)
+    seen = np.zeros(50, int)
+    for pieces in plan:
+        for s, k, j in pieces:
+            seen[firsts[s] + j:firsts[s] + counts[s]:k] += 1
     assert (seen == 1).all()
+    loads = [sum(int(mult[firsts[s] + j:firsts[s] + counts[s]:k].sum()) for s, k, j in p) for p in plan]
+    assert max(loads) - min(loads) <= mult.max()
 
 
-def test_batch_plan_gives_every_rank_the_same_number_of_batches(toy_set):
+def test_multiplicities_give_every_rank_the_same_number_of_batches(toy_set):
     m = read_manifest(toy_set)
     mult = np.random.default_rng(0).multinomial(m.count, np.full(m.count, 1 / m.count))
-    plan = dc.batch_plan(m, mult, batch_size=3, seed=0, epoch=0, world=2, workers=2)
-    assert plan.shape == (2, 2) and len(set(plan.sum(1))) == 1
-    assert plan.sum() * 3 <= m.count and plan.sum() * 3 > m.count - 2 * 2 * 3 * 2
+    counts = []
+    for rank in range(2):
+        loader = make_loader(m, batch_size=3, workers=0, seed=0, rank=rank, world_size=2,
+                             transform=random_resized_crop_flip(8))
+        loader.set_multiplicities(mult)
+        counts.append(len(list(loader.epoch(0))))
+    assert counts[0] == counts[1] == m.count // (2 * 3)
 
 
-def test_feature_stream_visits_every_sample_once_in_centre_crops(toy_set):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_pass_visits_every_sample_once_in_centre_crops(toy_set, workers):
     m = read_manifest(toy_set)
-    ds = dc.FeatureStream(m.shard_urls, m.image_format, crop=64, batch_size=5)
-    batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+    loader = with_transform(make_loader(m, batch_size=5, workers=workers, seed=0), resize_center_crop(64))
+    batches = list(loader.once())
     idx = torch.cat([i for _, i in batches])
-    assert sorted(idx.tolist()) == list(range(m.count))
+    assert sorted(idx.tolist()) == list(range(m.count)) and len(batches) == len(loader.once())
     assert all(x.shape[1:] == (3, 64, 64) and x.dtype == torch.uint8 for x, _ in batches)
-    again = torch.cat([x for x, _ in DataLoader(ds, batch_size=None, num_workers=0)])
-    order = torch.cat([i for _, i in DataLoader(ds, batch_size=None, num_workers=0)])
-    first = torch.cat([x for x, _ in batches])
-    assert torch.equal(first[idx.argsort()], again[order.argsort()])  # centre crops: no randomness
+    again = list(with_transform(make_loader(m, batch_size=5, workers=0, seed=0), resize_center_crop(64)).once())
+    order = torch.cat([i for _, i in again])
+    first, second = torch.cat([x for x, _ in batches]), torch.cat([x for x, _ in again])
+    assert torch.equal(first[idx.argsort()], second[order.argsort()])  # centre crops: no randomness
 
 
 def draw_epoch(m, labels, k, workers, epoch=0, batch=4):
     mult = dc.cluster.multiplicities(labels, k, m.count, seed=0, epoch=epoch)
-    plan = dc.batch_plan(m, mult, batch, seed=0, epoch=epoch, world=1, workers=max(workers, 1))
-    ds = dc.UniformStream(m, mult, plan, crop=8, batch_size=batch, seed=0, epoch=epoch, shuffle_buffer=32)
-    batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
-    assert len(batches) == plan.sum() and all(len(i) == batch for _, i in batches)
+    loader = make_loader(m, batch_size=batch, workers=workers, seed=0, shuffle_buffer=32,
+                         transform=random_resized_crop_flip(8))
+    loader.set_multiplicities(mult)
+    batches = list(loader.epoch(epoch))
+    assert len(batches) == loader.batches_per_epoch and all(len(i) == batch for _, i in batches)
     return torch.cat([i for _, i in batches]).numpy()
 
 
@@ -166,7 +175,7 @@ def test_cli_trains_one_epoch_with_the_shared_options(toy_set, tmp_path):
     rec = epoch_records(out)[0]
     assert rec["train_steps"] == 1 and not rec["complete"]
     ck = load_checkpoint(str(out))
-    assert ck["epoch"] == 0 and ck["encoder_spec"]["sobel"] is True  # an interrupted epoch is redone
+    assert ck["epoch"] == 0 and ck["encoder_spec"]["sobel"] is True and ck["extra"]["batches_done"] == 1
     r = CliRunner().invoke(dc.cli, args)
     assert r.exit_code != 0 and "--resume" in r.output
 

@@ -11,8 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from tests.toyset import make_toy_set
-from train import engine, rotnet
-from train.engine import load_checkpoint, save_atomic
+import click
+
+from train import rotnet
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.run import git_revision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--arch", "small", "--crop", "28", "--batch-size", "4", "--workers", "0", "--device", "cpu",
@@ -30,18 +33,32 @@ def logs(out):
 
 def test_crash_during_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pt")
-    save_atomic({"v": 1}, path)
+    save_checkpoint({"format": "single-image-ssl/checkpoint", "v": 1}, path)
+    real_save = torch.save
 
     def torn(obj, f):
+        if not isinstance(f, str):
+            return real_save(obj, f)        # the in-memory payload
         with open(f, "wb") as fh:
             fh.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", torn)
-    with pytest.raises(OSError):
-        save_atomic({"v": 2}, path)
+    with pytest.raises(click.ClickException, match="no space left"):
+        save_checkpoint({"format": "single-image-ssl/checkpoint", "v": 2}, path)
     monkeypatch.undo()
-    assert torch.load(path) == {"v": 1} and os.listdir(tmp_path) == ["checkpoint.pt"]
+    assert load_checkpoint(path)["v"] == 1 and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_damaged_checkpoint_bytes_are_detected(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    save_checkpoint({"format": "single-image-ssl/checkpoint", "w": torch.arange(1000.0)}, path)
+    outer = torch.load(path, weights_only=False)
+    payload = bytearray(outer["payload"])
+    payload[len(payload) // 2] ^= 0x10
+    torch.save(outer | {"payload": bytes(payload)}, path)
+    with pytest.raises(click.ClickException, match="damaged"):
+        load_checkpoint(path)
 
 
 # Runs rotnet in a subprocess that parks (sleeps) when it reaches a given training batch, after
@@ -67,7 +84,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     shards = make_toy_set(str(tmp_path / "toy"), count=32, size=32, per_shard=8)
     args = ["--shards", shards, *FAST, "--epochs", "2", "--batch-size", "8"]   # 4 batches per epoch
     killed, marker = str(tmp_path / "killed"), str(tmp_path / "parked")
-    env = dict(os.environ, PARK_AT="7", PARK_MARKER=marker, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    # Bit-identical only at equal thread counts (CPU reductions split by thread): match this process's.
+    env = dict(os.environ, PARK_AT="7", PARK_MARKER=marker, PYTHONPATH=ROOT,
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen([sys.executable, "-c", PARK, "--out", killed, *args], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -141,7 +160,7 @@ def test_log_header_then_json_lines(toy_set, tmp_path):
     with open(out / "log.jsonl") as f:
         raw = f.read().splitlines()
     head = json.loads(raw[0])
-    assert list(head)[:2] == ["git", "config"] and head["git"] == engine.git_revision()
+    assert list(head)[:2] == ["git", "config"] and head["git"] == git_revision()
     assert list(head["config"]) == sorted(head["config"]) and head["config"]["max_steps"] == 2
     assert {"torch", "torchvision", "numpy"} <= set(head["versions"])
     rest = [json.loads(line) for line in raw[1:]]

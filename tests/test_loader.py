@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tests.toyset import make_toy_set
-from train.data import (center_crop, decode_image, make_loader, plan_epoch, prepare, random_crop_flip,
+from train.loader import (center_crop, decode_image, make_loader, plan_epoch, prepare, random_crop_flip,
                         random_resized_crop_flip)
 
 
@@ -99,11 +99,29 @@ def damage(path: str, member: int, where: str) -> None:
 def test_mid_read_errors_name_the_shard(tmp_path, where, message, workers):
     d = make_toy_set(str(tmp_path / "s"), count=32, size=32, per_shard=16, fmt="jpg")
     damage(os.path.join(d, "shard-000001.tar"), 6, where)   # member 6 = sample 19's .jpg
-    loader = make_loader(d, batch_size=4, workers=workers, seed=0)
+    # The stream's digest check would name the shard first; this tests the readers' own errors.
+    loader = make_loader(d, batch_size=4, workers=workers, seed=0, verify_stream=False)
     with pytest.raises(click.ClickException) as e:
         list(loader.epoch(0))
     assert "shard-000001.tar" in e.value.message and message in e.value.message
     assert "\n" not in e.value.message
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_flipped_bit_that_still_decodes_stops_the_stream(tmp_path, workers):
+    d = make_toy_set(str(tmp_path / "s"), count=32, size=32, per_shard=16, fmt="jpg")
+    path = os.path.join(d, "shard-000001.tar")
+    with tarfile.open(path) as t:
+        m = t.getmembers()[6]
+    with open(path, "r+b") as f:          # one bit deep inside the JPEG's entropy-coded data
+        f.seek(m.offset_data + m.size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x04]))
+    assert len(list(make_loader(d, batch_size=4, workers=workers, seed=0, verify_stream=False).epoch(0))) == 8
+    with pytest.raises(click.ClickException, match="shard-000001.tar: its sha256 differs") as e:
+        list(make_loader(d, batch_size=4, workers=workers, seed=0).epoch(0))
+    assert "--no-verify-stream" in e.value.message and "\n" not in e.value.message
 
 
 def test_wrong_size_names_the_option(toy_set):
@@ -160,7 +178,7 @@ def _tar(members: list[tuple[str, bytes]], fmt: int, gz: bool = False) -> bytes:
 def test_lean_tar_reader_groups_like_webdataset(fmt, gz):
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    from train.data import SKIPPED, tar_samples
+    from train.loader import SKIPPED, tar_samples
 
     long_dir = "d" * 120            # > 100 characters: ustar prefix field, GNU "L" or pax "x" headers
     members = [("__meta__/000.txt", b"m")]                              # webdataset skips these
@@ -179,7 +197,7 @@ def test_lean_tar_reader_groups_like_webdataset(fmt, gz):
 
 
 def test_lean_tar_reader_stops_at_damage_and_flags_truncation():
-    from train.data import TarFormatError, tar_samples
+    from train.loader import TarFormatError, tar_samples
 
     data = bytearray(_tar([(f"{i:03d}.jpg", b"x" * 700) for i in range(4)], tarfile.USTAR_FORMAT))
     third = 512 + 2 * (512 + 1024)                       # directory header, then two (header + 2 blocks)
@@ -190,7 +208,7 @@ def test_lean_tar_reader_stops_at_damage_and_flags_truncation():
 
 
 def test_crop_flip_into_matches_plain_slicing():
-    from train.data import CropFlip
+    from train.loader import CropFlip
 
     arr = np.random.default_rng(1).integers(0, 256, (40, 44, 3), dtype=np.uint8)
     buf = io.BytesIO()

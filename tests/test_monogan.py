@@ -10,8 +10,8 @@ from torch import nn
 
 from augment.manifest import read_manifest
 from tests.toyset import make_toy_set
-from train.engine import load_checkpoint
-from train.gan_models import Critic, gradient_penalty
+from train.checkpoint import load_checkpoint
+from train.gan_nets import Critic, gradient_penalty
 from train.models import Encoder, EncoderSpec, build_encoder
 from train.monogan import Config, cli, main
 

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from probe.backbone import fold_bn, load_backbone, strip_prefixes
-from train.engine import CommonConfig, write_bare_checkpoint
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.config import CommonConfig
+from train.run import write_bare_checkpoint
 from train.models import Encoder, EncoderSpec
 
 
@@ -79,10 +81,10 @@ def test_train_mode_is_detected(tmp_path):
 def test_module_prefix_and_run_folder(tmp_path):
     enc = randomise_bn(Encoder(EncoderSpec(arch="small")))
     path = save(tmp_path, enc)
-    ck = torch.load(path, weights_only=False)
+    ck = load_checkpoint(path)
     ck["encoder"] = {"module." + k: v for k, v in ck["encoder"].items()}
     os.makedirs(tmp_path / "run")
-    torch.save(ck, tmp_path / "run" / "checkpoint.pt")
+    save_checkpoint(ck, str(tmp_path / "run" / "checkpoint.pt"))
     a, b = load_backbone(path), load_backbone(str(tmp_path / "run"))
     assert a.encoder_hash == b.encoder_hash
     assert strip_prefixes({"module._orig_mod.x": 1}) == {"x": 1}
@@ -90,10 +92,10 @@ def test_module_prefix_and_run_folder(tmp_path):
 
 def test_unknown_and_missing_keys_are_named(tmp_path):
     path = save(tmp_path, Encoder(EncoderSpec(arch="small")))
-    ck = torch.load(path, weights_only=False)
+    ck = load_checkpoint(path)
     ck["encoder"]["extra.weight"] = torch.zeros(1)
     del ck["encoder"]["blocks.conv2.0.weight"]
-    torch.save(ck, path)
+    save_checkpoint(ck, path)
     with pytest.raises(click.ClickException) as e:
         load_backbone(path)
     assert "blocks.conv2.0.weight" in e.value.message and "extra.weight" in e.value.message

@@ -12,7 +12,8 @@ from PIL import Image
 
 from probe import cache as fcache
 from probe.linear import LOG, RESULT, ProbeConfig, main, run_probe, train_cached_layer
-from train.engine import CommonConfig, write_bare_checkpoint
+from train.config import CommonConfig
+from train.run import write_bare_checkpoint
 from train.models import Encoder, EncoderSpec
 
 
@@ -92,7 +93,7 @@ def test_parallel_layers_give_the_same_result(tmp_path):
 def test_cache_round_trip_matches_backbone(tmp_path):
     from probe.backbone import load_backbone
     from probe.data import load_cifar
-    from train.data import prepare
+    from train.loader import prepare
 
     root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
     bb = load_backbone(ck)

@@ -10,7 +10,8 @@ from PIL import Image
 from probe import figures, table
 from probe.linear import FORMAT
 from probe.paper import TABLE2, TABLE3, find_row
-from train.engine import CommonConfig, write_bare_checkpoint
+from train.config import CommonConfig
+from train.run import write_bare_checkpoint
 from train.models import Encoder, EncoderSpec
 
 

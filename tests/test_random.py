@@ -2,9 +2,9 @@
 import torch
 from click.testing import CliRunner
 
-from train.engine import load_checkpoint
+from train.checkpoint import load_checkpoint
 from train.models import build_encoder
-from train.random import cli
+from train.random_init import cli
 
 
 def run(out, *args):

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from tests.toyset import make_toy_set
 from train import rotnet
-from train.engine import load_checkpoint
+from train.checkpoint import load_checkpoint
 
 FAST = ["--arch", "small", "--crop", "28", "--batch-size", "4", "--workers", "0", "--device", "cpu",
         "--eval-batches", "1"]
@@ -55,10 +55,10 @@ def test_alexnet_path_on_a_64_pixel_set(tmp_path):
 
 def test_a_few_steps_reduce_the_loss(toy_set, tmp_path):
     cfg = rotnet.Config(shards=toy_set, out=str(tmp_path / "run"), arch="small", crop=28, batch_size=8,
-                        workers=0, device="cpu", lr=0.05, epochs=3, max_steps=12, log_every=1, eval_batches=0)
+                        workers=0, device="cpu", lr=0.01, epochs=3, max_steps=24, log_every=1, eval_batches=0)
     rotnet.main(cfg)
     losses = [l["loss"] for l in logs(tmp_path / "run") if l.get("event") == "train"]
-    assert len(losses) == 12
+    assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
 
 

@@ -270,7 +270,7 @@ def test_streaming_from_url_trains_one_step_without_curl(served, monkeypatch):
     """make_loader reads the set over HTTP (urllib, not webdataset's curl) and yields the same batches."""
     import webdataset.gopen  # noqa: F401  (the loader no longer imports webdataset: load it to patch it)
 
-    from train.data import make_loader, prepare, random_crop_flip
+    from train.loader import make_loader, prepare, random_crop_flip
     from train.models import EncoderSpec, SmallClassifier
 
     def no_curl(*a, **kw):

@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from train import random as random_init
+from train import random_init
 from train import supervised
-from train.engine import load_checkpoint
-from train.folder_data import transforms_for
+from train.checkpoint import load_checkpoint
+from train.loader.folder import transforms_for
 
 FAST = ["--arch", "small", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
 

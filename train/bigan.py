@@ -12,10 +12,9 @@ a fully connected head to the 200-d latent. Choices and their sources: docs/gans
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import math
 
 import click
 import torch
@@ -23,13 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.manifest import read_manifest
-from train.common_cli import cli_run
-from train.data import make_loader, prepare, random_crop_flip
-from train.engine import CommonConfig, Run, common_options, unwrap
-from train.gan_models import (BiGANEncoder, JointDiscriminator, Meter, UpGenerator, fixed_noise,
-                              pair_grid, run_gan_epochs, save_grid, training_noise)
+from train.config import CommonConfig, command, option
+from train.gan_nets import BiGANEncoder, JointDiscriminator, UpGenerator, fixed_noise, pair_grid, save_grid, training_noise
+from train.loader import make_loader, prepare, random_crop_flip
+from train.loop import Method, echo_stats, fit
+from train.run import Run, unwrap
 
-METHOD = "bigan"
 SHEET = 64     # generated samples per PNG sheet (8 x 8)
 RECON = 16     # real images shown beside their reconstructions G(E(x))
 MIN_CROP = 64  # AlexNet's conv/pool stack needs about 63 px to keep a 1 x 1 map after conv5's pool
@@ -37,22 +35,29 @@ MIN_CROP = 64  # AlexNet's conv/pool stack needs about 63 px to keep a 1 x 1 map
 
 @dataclass(frozen=True)
 class Config(CommonConfig):
+    out: str = "runs/bigan"
     batch_size: int = 128
     epochs: int = 100
-    crop: int = 112
-    gen_size: int = 0  # G's output and D's input side; 0: the crop (the original's high-res run: 64)
-    z_dim: int = 200
-    head_width: int = 4096
-    g_width: int = 64
-    d_width: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    weight_decay: float = 2.5e-5
-    decay_epochs: int = 0             # the last K of --epochs decay the lr (the original's --decay_epochs)
-    linear_decay: bool = False        # linear instead of exponential decay (the original's --linear_decay)
-    final_lr_mult: float | None = None  # lr multiplier reached at the end; None: 0.01 exp., 0 linear
-    sample_every: int = 500
+    crop: int = option(112, "Native random crop (+ h-flip) and the generator's output size; multiple of 16, >= 64.",
+                       lo=1)
+    gen_size: int = option(0, "Side of G's output and D's input (real crops resized to it); 0: the crop. The "
+                           "original's high-res encoder run used 64 with crop 112.", lo=0)
+    z_dim: int = option(200, "Latent size; z is uniform in [-1, 1].", lo=1)
+    head_width: int = option(4096, "Width of the encoder's two fully connected layers before the linear map to z.",
+                             lo=1)
+    g_width: int = option(64, "Generator width (channels of its last hidden layer).", lo=1)
+    d_width: int = option(64, "Discriminator width (channels of its first conv).", lo=1)
+    lr: float = option(2e-4, "Adam learning rate.", lo=0, lo_open=True)
+    beta1: float = option(0.5, "Adam beta1.", lo=0, hi=1, hi_open=True)
+    beta2: float = option(0.999, "Adam beta2.", lo=0, hi=1, hi_open=True)
+    weight_decay: float = option(2.5e-5, "L2 weight decay (not on BatchNorm gains).", lo=0)
+    decay_epochs: int = option(0, "Decay the lr over the last K of --epochs (released code: --epochs 400 "
+                               "--decay-epochs 200); 0: constant lr.", lo=0)
+    linear_decay: bool = option(False, "Decay linearly (default: exponentially, as released).")
+    final_lr_mult: float | None = option(None, "lr multiplier at the end of the decay [default: 0.01, or 0 with "
+                                         "--linear-decay].")
+    sample_every: int = option(500, "Write sample and reconstruction sheets every K steps (0: only at epoch ends).",
+                               lo=0)
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("crop", "gen_size", "z_dim", "head_width", "g_width", "d_width")
 
@@ -125,150 +130,106 @@ def to_gen_size(x: torch.Tensor, cfg: Config) -> torch.Tensor:
                          align_corners=False)
 
 
-def train_step(E: nn.Module, G: nn.Module, D: nn.Module, opts: dict[str, torch.optim.Optimizer],
-               real: torch.Tensor, cfg: Config, run: Run, noise: torch.Generator) -> dict[str, torch.Tensor]:
-    """One D update, then one joint E + G update against the updated D (non-saturating loss)."""
-    n = real.shape[0]
-    z = torch.rand(n, cfg.z_dim, device=real.device, generator=noise) * 2 - 1
-    x = to_gen_size(real, cfg)
-    with run.autocast():
-        ez, gz = E(real), G(z)
-        # Real and generated pairs share one D forward (its BatchNorm sees both; one forward per backward).
-        logits = D(torch.cat([x, gz.detach()]), torch.cat([ez.detach(), z])).float()
-    d_loss = bce(logits[:n], 1.0) + bce(logits[n:], 0.0)
-    opts["opt_d"].zero_grad(set_to_none=True)
-    d_loss.backward()
-    opts["opt_d"].step()
-    with run.autocast():
-        logits_eg = D(torch.cat([x, gz]), torch.cat([ez, z])).float()
-    eg_loss = bce(logits_eg[:n], 0.0) + bce(logits_eg[n:], 1.0)
-    opts["opt_eg"].zero_grad(set_to_none=True)
-    eg_loss.backward()
-    opts["opt_eg"].step()
-    return {"d_loss": d_loss.detach(), "eg_loss": eg_loss.detach(),
-            "d_acc_real": (logits[:n] > 0).float().mean(), "d_acc_fake": (logits[n:] < 0).float().mean()}
+class BiGAN(Method):
+    name, Config, evaluate_at_stop = "bigan", Config, True
 
+    def check(self) -> None:
+        super().check()
+        check_options(self.cfg, read_manifest(self.cfg.shards).size)  # before Run: no run folder on a bad set
 
-@torch.inference_mode()
-def evaluate(E: nn.Module, G: nn.Module, D: nn.Module, real: torch.Tensor, fixed_z: torch.Tensor, run: Run,
-             tag: str) -> dict[str, Any]:
-    """D accuracies and reconstruction error on ``real`` (eval mode); writes samples + reconstructions."""
-    e, g, d = unwrap(E), unwrap(G), unwrap(D)
-    nets = (e, g, d)
-    for m in nets:
-        m.eval()
-    x = to_gen_size(real, run.cfg).float()
-    try:
-        ez, fake = e(real), g(fixed_z).float()
-        recon = g(ez).float()
-        z = fixed_z[:real.shape[0]]
-        logit_real, logit_fake = d(x, ez).float(), d(fake[:real.shape[0]], z).float()
-    finally:
+    def build(self, run: Run) -> dict:
+        cfg = self.cfg
+        self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
+                                  seed=cfg.seed, transform=random_crop_flip(cfg.crop), rank=run.dist.rank,
+                                  world_size=run.dist.world_size, pin_memory=run.device.type == "cuda",
+                                  verify_stream=cfg.verify_stream)
+        self.E, self.G, self.D = (run.wrap(m) for m in build(cfg))
+        self.encoder = unwrap(self.E).encoder
+        self.opts = {"opt_d": adam([self.D], cfg), "opt_eg": adam([self.E, self.G], cfg)}
+        self.fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "uniform").to(run.device)
+        self.noise = training_noise(run.device, cfg.seed, run.dist.rank)
+        self.real, self._lr = None, cfg.lr
+        return {"encoder": self.E, "generator": self.G, "discriminator": self.D, **self.opts}
+
+    def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
+        self._lr = lr_at(epoch, self.cfg)  # a pure function of the epoch: a resumed run needs no scheduler state
+        for opt in self.opts.values():
+            for group in opt.param_groups:
+                group["lr"] = self._lr
+
+    def step(self, run: Run, batch) -> dict[str, torch.Tensor]:
+        """One D update, then one joint E + G update against the updated D (non-saturating loss)."""
+        cfg, opts = self.cfg, self.opts
+        self.real = real = prepare(batch[0], run.device)
+        n = real.shape[0]
+        z = torch.rand(n, cfg.z_dim, device=real.device, generator=self.noise) * 2 - 1
+        x = to_gen_size(real, cfg)
+        with run.autocast():
+            ez, gz = self.E(real), self.G(z)
+            # Real and generated pairs share one D forward (its BatchNorm sees both; one forward per backward).
+            logits = self.D(torch.cat([x, gz.detach()]), torch.cat([ez.detach(), z])).float()
+        d_loss = bce(logits[:n], 1.0) + bce(logits[n:], 0.0)
+        opts["opt_d"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        opts["opt_d"].step()
+        with run.autocast():
+            logits_eg = self.D(torch.cat([x, gz]), torch.cat([ez, z])).float()
+        eg_loss = bce(logits_eg[:n], 0.0) + bce(logits_eg[n:], 1.0)
+        opts["opt_eg"].zero_grad(set_to_none=True)
+        eg_loss.backward()
+        opts["opt_eg"].step()
+        return {"d_loss": d_loss.detach(), "eg_loss": eg_loss.detach(),
+                "d_acc_real": (logits[:n] > 0).float().mean(), "d_acc_fake": (logits[n:] < 0).float().mean()}
+
+    def after_step(self, run: Run) -> None:
+        if self.cfg.sample_every and run.step % self.cfg.sample_every == 0:
+            self.evaluate(run)
+
+    @torch.inference_mode()
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        """D accuracies and reconstruction error on the last batch (eval mode); writes samples + reconstructions."""
+        if self.real is None:
+            return {}
+        nets = e, g, d = unwrap(self.E), unwrap(self.G), unwrap(self.D)
         for m in nets:
-            m.train()
-    out = {"eval_d_acc_real": (logit_real > 0).float().mean().item(),
-           "eval_d_acc_fake": (logit_fake < 0).float().mean().item(),
-           "eval_recon_mse": round(F.mse_loss(recon, x).item(), 6)}
-    if run.dist.is_main:
-        out["sheet"] = save_grid(fake, f"{run.cfg.out}/samples/{tag}.png", nrow=8)
-        out["recon_sheet"] = save_grid(pair_grid(x[:RECON], recon[:RECON]),
-                                       f"{run.cfg.out}/samples/{tag}-recon.png", nrow=8)
-    return out
+            m.eval()
+        real = self.real
+        x = to_gen_size(real, run.cfg).float()
+        try:
+            ez, fake = e(real), g(self.fixed_z).float()
+            recon = g(ez).float()
+            z = self.fixed_z[:real.shape[0]]
+            logit_real, logit_fake = d(x, ez).float(), d(fake[:real.shape[0]], z).float()
+        finally:
+            for m in nets:
+                m.train()
+        out = {"d_acc_real": (logit_real > 0).float().mean().item(),
+               "d_acc_fake": (logit_fake < 0).float().mean().item(),
+               "recon_mse": round(F.mse_loss(recon, x).item(), 6)}
+        if run.dist.is_main:
+            tag = f"{run.cfg.out}/samples/step{run.step:07d}"
+            out["sheet"] = save_grid(fake, f"{tag}.png", nrow=8)
+            out["recon_sheet"] = save_grid(pair_grid(x[:RECON], recon[:RECON]), f"{tag}-recon.png", nrow=8)
+        return out
 
+    def extra_state(self) -> dict:
+        return {"noise_rng": self.noise.get_state()}
 
-def train_one_epoch(run: Run, E: nn.Module, G: nn.Module, D: nn.Module,
-                    opts: dict[str, torch.optim.Optimizer], loader, epoch: int, skip: int,
-                    cfg: Config, fixed_z: torch.Tensor,
-                    noise: torch.Generator) -> dict[str, Any]:
-    """Steps on batches ``skip``.. of ``epoch``; returns mean stats, ``batches_done`` (from the epoch's
-    start, fewer than the epoch's when ``--max-steps`` or ``--time-budget`` stopped it), the last batch."""
-    epoch_meter, log_meter, real, done = Meter(), Meter(), None, skip
-    lr = lr_at(epoch, cfg)  # a pure function of the epoch, so a resumed run needs no scheduler state
-    for opt in opts.values():
-        for group in opt.param_groups:
-            group["lr"] = lr
-    batches = loader.epoch(epoch, skip)
-    for images, _ in run.progress(batches, len(batches), f"{METHOD} epoch {epoch}"):
-        real = prepare(images, run.device)
-        stats = train_step(E, G, D, opts, real, cfg, run, noise)
-        done += 1
-        loss_d, loss_eg = torch.stack([stats["d_loss"], stats["eg_loss"]]).tolist()
-        run.check_finite(loss_d, "discriminator loss")
-        run.check_finite(loss_eg, "encoder/generator loss")
-        epoch_meter.add(stats)
-        log_meter.add(stats)
-        stopped = run.tick()
-        if run.step % cfg.log_every == 0:
-            run.log({"event": "train", **log_meter.mean(), "train_seconds": round(run.budget.spent, 1)})
-            log_meter = Meter()
-        if cfg.sample_every and run.step % cfg.sample_every == 0:
-            evaluate(E, G, D, real, fixed_z, run, f"step{run.step:07d}")
-        if stopped:
-            break
-    return {**epoch_meter.mean(), "lr": lr, "batches_done": done, "real": real}
+    def load_extra(self, extra: dict) -> None:
+        if "noise_rng" in extra:
+            self.noise.set_state(extra["noise_rng"])
+
+    def lr(self) -> float:
+        return self._lr
 
 
 def main(cfg: Config) -> dict[str, Any]:
     """Train BiGAN on a shard set; returns the last epoch's summary (also in OUT/log.jsonl)."""
-    if not cfg.shards:
-        raise click.ClickException("--shards is required: an S = 128 set, e.g. `python -m augment render "
-                                   "--image A --size 128`")
-    manifest = read_manifest(cfg.shards)
-    check_options(cfg, manifest.size)  # before Run, so a wrong set leaves no run folder behind
-    run = Run(cfg, METHOD)
-    cfg = run.cfg
-    check_options(cfg, manifest.size)  # again: on --resume the checkpoint's --crop wins
-    run.log({"event": "data", "set_id": manifest.id, "count": manifest.count, "size": manifest.size,
-             "sources": manifest.sources})
-    loader = make_loader(manifest, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                         transform=random_crop_flip(cfg.crop), rank=run.dist.rank,
-                         world_size=run.dist.world_size, pin_memory=run.device.type == "cuda")
-    E, G, D = (run.wrap(m) for m in build(cfg))
-    opts = {"opt_d": adam([D], cfg), "opt_eg": adam([E, G], cfg)}
-    objects = {"encoder": E, "generator": G, "discriminator": D, **opts}
-    state = run.restore(objects)
-    fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "uniform").to(run.device)
-    noise = training_noise(run, cfg.seed, state)
-    return run_gan_epochs(
-        run, loader, objects, unwrap(E).encoder, state, manifest.id, noise,
-        train_epoch=lambda epoch, skip: train_one_epoch(run, E, G, D, opts, loader, epoch, skip, cfg, fixed_z,
-                                                        noise),
-        evaluate=lambda real, tag: evaluate(E, G, D, real, fixed_z, run, tag))
+    return fit(BiGAN(cfg))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@common_options(batch_size=128, epochs=100)
-@click.option("--crop", default=112, show_default=True, type=click.IntRange(1),
-              help="Native random crop (+ h-flip) and the generator's output size; multiple of 16, >= 64.")
-@click.option("--gen-size", default=0, show_default=True, type=click.IntRange(0),
-              help="Side of G's output and D's input (real crops resized to it); 0: the crop. The original's "
-                   "high-res encoder run used 64 with crop 112.")
-@click.option("--z-dim", default=200, show_default=True, type=click.IntRange(1),
-              help="Latent size; z is uniform in [-1, 1].")
-@click.option("--head-width", default=4096, show_default=True, type=click.IntRange(1),
-              help="Width of the encoder's two fully connected layers before the linear map to z.")
-@click.option("--g-width", default=64, show_default=True, type=click.IntRange(1),
-              help="Generator width (channels of its last hidden layer).")
-@click.option("--d-width", default=64, show_default=True, type=click.IntRange(1),
-              help="Discriminator width (channels of its first conv).")
-@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--beta1", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--beta2", default=0.999, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--weight-decay", default=2.5e-5, show_default=True, type=click.FloatRange(0))
-@click.option("--decay-epochs", default=0, show_default=True, type=click.IntRange(0),
-              help="Decay the lr over the last K of --epochs (released code: --epochs 400 --decay-epochs 200); "
-                   "0: constant lr.")
-@click.option("--linear-decay", is_flag=True, help="Decay linearly (default: exponentially, as released).")
-@click.option("--final-lr-mult", default=None, type=float,
-              help="lr multiplier at the end of the decay  [default: 0.01, or 0 with --linear-decay]")
-@click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0),
-              help="Write sample and reconstruction sheets every K steps (0: only at epoch ends).")
-@click.option("--log-every", default=20, show_default=True, type=click.IntRange(1),
-              help="Log averaged losses and D accuracies every K steps.")
-def cli(**kwargs) -> None:
-    """Train BiGAN (AlexNet-BN leaky encoder, joint D(x, z)) on a shard set."""
-    cli_run(main, Config(**kwargs))
-
+cli = command(Config, lambda cfg: echo_stats(main(cfg)),
+              "Train BiGAN (AlexNet-BN leaky encoder, joint D(x, z)) on a shard set.")
 
 if __name__ == "__main__":
     cli()

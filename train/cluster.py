@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import click
 import numpy as np
 
+from augment.seeds import mix32
+
 MIN_EIG_RATIO = 1e-6  # smallest kept / largest PCA eigenvalue accepted for whitening
 
 
 def cluster_seed(seed: int, epoch: int) -> int:
     """The k-means seed of an epoch: a new one every epoch, a pure function of (run seed, epoch)."""
-    ss = np.random.SeedSequence([int(seed), int(epoch), 0xC1D5])
-    return int(ss.generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+    return mix32(seed, epoch, 0xC1D5)
 
 
 def check_sizes(n: int, k: int, pca_dim: int, where: str = "the shard set") -> None:

@@ -5,8 +5,8 @@ body is the paper's small encoder (conv1..conv4, what the probes read). The set'
 they are (no native augmentation); a set of another size is refused with the ``--size`` to render.
 
 One step = one generator update, preceded by ``--n-critic`` critic updates, each on a fresh real batch
-(the reference's counting). ``--time-budget`` stops training cleanly, with a checkpoint, once that many
-training seconds (summed over resumes) are spent. Choices and sources: docs/gans.md.
+(the reference's counting): ``step`` returns None for the critic-only batches. Choices and sources:
+docs/gans.md.
 """
 from __future__ import annotations
 
@@ -15,174 +15,151 @@ from typing import Any, ClassVar
 
 import click
 import torch
-from torch import nn
 
 from augment.manifest import read_manifest
-from train.common_cli import cli_run
-from train.data import make_loader, prepare
-from train.engine import CommonConfig, Run, common_options, unwrap
-from train.gan_models import (CRITIC_NORMS, Critic, Meter, UpGenerator, fixed_noise,
-                              interpolate, penalty_terms, run_gan_epochs, save_grid, training_noise)
+from train.config import CommonConfig, command, option
+from train.gan_nets import (CRITIC_NORMS, Critic, UpGenerator, fixed_noise, interpolate, penalty_terms, save_grid,
+                            training_noise)
+from train.loader import make_loader, prepare
+from train.loop import Method, echo_stats, fit
+from train.run import Run, unwrap
 
-METHOD = "monogan"
 IMAGE_SIZE = 32
 SHEET = 64  # samples per PNG sheet (8 x 8)
 
 
 @dataclass(frozen=True)
 class Config(CommonConfig):
+    out: str = "runs/monogan"
     batch_size: int = 64
     epochs: int = 100
     amp: bool = False  # fp32 by default: the penalty's double backward in bf16 is untested
-    z_dim: int = 128
-    g_width: int = 64
-    critic_norm: str = "none"
-    lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.9
-    n_critic: int = 5
-    gp_weight: float = 10.0
-    sample_every: int = 500
+    z_dim: int = option(128, "Gaussian latent size.", lo=1)
+    g_width: int = option(64, "Generator width (channels of its last hidden layer; WGAN-GP's reference: 128).", lo=1)
+    critic_norm: str = option("none", "Per-sample normalisation in the critic (BatchNorm would break the "
+                              "per-sample penalty).", choices=CRITIC_NORMS)
+    lr: float = option(1e-4, "Adam learning rate.", lo=0, lo_open=True)
+    beta1: float = option(0.5, "Adam beta1.", lo=0, hi=1, hi_open=True)
+    beta2: float = option(0.9, "Adam beta2.", lo=0, hi=1, hi_open=True)
+    n_critic: int = option(5, "Critic updates per generator update.", lo=1)
+    gp_weight: float = option(10.0, "Weight of the gradient penalty.", lo=0)
+    sample_every: int = option(500, "Write OUT/samples/stepNNNNNNN.png every K generator steps (0: only at "
+                               "epoch ends).", lo=0)
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("z_dim", "g_width", "critic_norm")
 
 
-def build(cfg: Config) -> tuple[nn.Module, nn.Module]:
-    """The generator (z -> 3 x 32 x 32) and the critic (small encoder + linear)."""
-    return (UpGenerator(cfg.z_dim, IMAGE_SIZE, cfg.g_width, n_up=3),
-            Critic(cfg.critic_norm, IMAGE_SIZE))
+class MonoGAN(Method):
+    name, Config, evaluate_at_stop = "monogan", Config, True
 
+    def check(self) -> None:
+        super().check()
+        m = read_manifest(self.cfg.shards)  # before Run, so a wrong set leaves no run folder behind
+        per_epoch = m.count // self.cfg.batch_size
+        if per_epoch < 1:
+            return  # the loader names this case
+        if per_epoch * self.cfg.epochs < self.cfg.n_critic:
+            raise click.ClickException(f"--n-critic {self.cfg.n_critic}: the run has only {per_epoch * self.cfg.epochs} "
+                                       f"batches, so no generator step would be made; lower --n-critic or "
+                                       f"--batch-size, or raise --epochs")
 
-def critic_step(G: nn.Module, D: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: Config,
-                run: Run, noise: torch.Generator) -> dict[str, torch.Tensor]:
-    """One critic update: -(D(real) - D(fake)) + gp_weight * mean per-sample penalty."""
-    n = real.shape[0]
-    z = torch.randn(n, cfg.z_dim, device=real.device, generator=noise)
-    with torch.no_grad(), run.autocast():
-        fake = G(z).float()
-    x_hat = interpolate(real, fake, torch.rand(n, device=real.device, generator=noise))
-    with run.autocast():
-        s_real, s_fake = D(torch.cat([real, fake])).float().split(n)
-        # A separate forward for the interpolates: the double backward then runs on n samples, not 3n.
-        s_hat = D(x_hat).float()
-    gp = penalty_terms(s_hat, x_hat).mean()
-    wasserstein = s_real.mean() - s_fake.mean()
-    loss = -wasserstein + cfg.gp_weight * gp
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return {"critic_loss": loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach()}
+    def build(self, run: Run) -> dict:
+        cfg = self.cfg
+        self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
+                                  seed=cfg.seed, rank=run.dist.rank, world_size=run.dist.world_size,
+                                  sizes=(IMAGE_SIZE,), pin_memory=run.device.type == "cuda",
+                                  verify_stream=cfg.verify_stream)
+        self.G = run.wrap(UpGenerator(cfg.z_dim, IMAGE_SIZE, cfg.g_width, n_up=3))
+        self.D = run.wrap(Critic(cfg.critic_norm, IMAGE_SIZE))
+        self.encoder = unwrap(self.D).encoder
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.lr, betas=betas)
+        self.fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "normal").to(run.device)
+        self.noise = training_noise(run.device, cfg.seed, run.dist.rank)
+        self.batches, self.real = 0, None
+        return {"generator": self.G, "critic": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
 
+    def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
+        self.batches = skip   # the critic-step cycle restarts with each epoch, as the loader's batches do
 
-def generator_step(G: nn.Module, D: nn.Module, opt: torch.optim.Optimizer, n: int, cfg: Config,
-                   run: Run, noise: torch.Generator) -> dict[str, torch.Tensor]:
-    """One generator update: minimise -D(G(z)). The critic's gradients are cleared by its next step."""
-    z = torch.randn(n, cfg.z_dim, device=run.device, generator=noise)
-    with run.autocast():
-        loss = -D(G(z)).float().mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return {"gen_loss": loss.detach()}
+    def step(self, run: Run, batch) -> dict[str, torch.Tensor] | None:
+        """A critic update on this batch; after every ``n_critic``-th, a generator update too."""
+        self.real = real = prepare(batch[0], run.device)
+        stats = self.critic_step(run, real)
+        self.batches += 1
+        if self.batches % self.cfg.n_critic:
+            return None
+        return stats | self.generator_step(run, real.shape[0])
 
+    def critic_step(self, run: Run, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-(D(real) - D(fake)) + gp_weight * mean per-sample penalty."""
+        cfg, n = self.cfg, real.shape[0]
+        z = torch.randn(n, cfg.z_dim, device=real.device, generator=self.noise)
+        with torch.no_grad(), run.autocast():
+            fake = self.G(z).float()
+        x_hat = interpolate(real, fake, torch.rand(n, device=real.device, generator=self.noise))
+        with run.autocast():
+            s_real, s_fake = self.D(torch.cat([real, fake])).float().split(n)
+            # A separate forward for the interpolates: the double backward then runs on n samples, not 3n.
+            s_hat = self.D(x_hat).float()
+        gp = penalty_terms(s_hat, x_hat).mean()
+        wasserstein = s_real.mean() - s_fake.mean()
+        loss = -wasserstein + cfg.gp_weight * gp
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return {"critic_loss": loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach()}
 
-@torch.inference_mode()
-def evaluate(G: nn.Module, D: nn.Module, real: torch.Tensor, fixed_z: torch.Tensor, run: Run,
-             tag: str) -> dict[str, Any]:
-    """Wasserstein estimate on ``real`` vs samples of the fixed codes; writes OUT/samples/<tag>.png."""
-    g, d = unwrap(G), unwrap(D)
-    g.eval()
-    try:
-        fake = g(fixed_z).float()
-        w = d(real.float()).mean() - d(fake[:real.shape[0]]).mean()
-    finally:
-        g.train()
-    out = {"eval_wasserstein": round(w.item(), 6)}
-    if run.dist.is_main:
-        out["sheet"] = save_grid(fake, f"{run.cfg.out}/samples/{tag}.png", nrow=8)
-    return out
+    def generator_step(self, run: Run, n: int) -> dict[str, torch.Tensor]:
+        """Minimise -D(G(z)). The critic's gradients are cleared by its next step."""
+        z = torch.randn(n, self.cfg.z_dim, device=run.device, generator=self.noise)
+        with run.autocast():
+            loss = -self.D(self.G(z)).float().mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        return {"gen_loss": loss.detach()}
 
+    def after_step(self, run: Run) -> None:
+        if self.cfg.sample_every and run.step % self.cfg.sample_every == 0:
+            self.evaluate(run)
 
-def train_one_epoch(run: Run, G: nn.Module, D: nn.Module, opts: dict[str, torch.optim.Optimizer],
-                    loader, epoch: int, skip: int, cfg: Config,
-                    fixed_z: torch.Tensor, noise: torch.Generator) -> dict[str, Any]:
-    """Critic steps on batches ``skip``.. of ``epoch``, a generator step after every ``n_critic``-th.
+    @torch.inference_mode()
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        """Wasserstein estimate on the last real batch vs samples of the fixed codes; writes a sheet."""
+        if self.real is None:   # only when a resume skipped a whole epoch
+            return {}
+        g, d = unwrap(self.G), unwrap(self.D)
+        g.eval()
+        try:
+            fake = g(self.fixed_z).float()
+            w = d(self.real.float()).mean() - d(fake[:self.real.shape[0]]).mean()
+        finally:
+            g.train()
+        out = {"wasserstein": round(w.item(), 6)}
+        if run.dist.is_main:
+            out["sheet"] = save_grid(fake, f"{run.cfg.out}/samples/step{run.step:07d}.png", nrow=8)
+        return out
 
-    Returns the epoch's mean losses, ``batches_done`` (from the epoch's start; fewer than the epoch's
-    batches when ``--max-steps`` or ``--time-budget`` stopped it) and the last real batch.
-    """
-    epoch_meter, log_meter, real, done = Meter(), Meter(), None, skip
-    batches = loader.epoch(epoch, skip)
-    for i, (images, _) in enumerate(run.progress(batches, len(batches), f"{METHOD} epoch {epoch}"), skip):
-        real = prepare(images, run.device)
-        stats = critic_step(G, D, opts["opt_d"], real, cfg, run, noise)
-        done, stop = i + 1, False
-        if done % cfg.n_critic == 0:
-            stats |= generator_step(G, D, opts["opt_g"], real.shape[0], cfg, run, noise)
-            loss_c, loss_g = torch.stack([stats["critic_loss"], stats["gen_loss"]]).tolist()
-            run.check_finite(loss_c, "critic loss")
-            run.check_finite(loss_g, "generator loss")
-            epoch_meter.add(stats)
-            log_meter.add(stats)
-            stop = run.tick()
-            if run.step % cfg.log_every == 0:
-                run.log({"event": "train", **log_meter.mean(), "train_seconds": round(run.budget.spent, 1)})
-                log_meter = Meter()
-            if cfg.sample_every and run.step % cfg.sample_every == 0:
-                evaluate(G, D, real, fixed_z, run, f"step{run.step:07d}")
-        # The budget is checked after every critic step: a generator cycle can take long on a CPU.
-        if stop or run.done:
-            break
-    return {**epoch_meter.mean(), "batches_done": done, "real": real}
+    def extra_state(self) -> dict:
+        return {"noise_rng": self.noise.get_state()}
+
+    def load_extra(self, extra: dict) -> None:
+        if "noise_rng" in extra:
+            self.noise.set_state(extra["noise_rng"])
+
+    def lr(self) -> float:
+        return self.cfg.lr
 
 
 def main(cfg: Config) -> dict[str, Any]:
     """Train MonoGAN on a 32x32 shard set; returns the last epoch's summary (also in OUT/log.jsonl)."""
-    if not cfg.shards:
-        raise click.ClickException("--shards is required: a 32x32 set, e.g. `python -m augment render "
-                                   "--preset cifar --image B`")
-    manifest = read_manifest(cfg.shards)  # before Run, so a wrong set leaves no run folder behind
-    run = Run(cfg, METHOD)
-    cfg = run.cfg
-    run.log({"event": "data", "set_id": manifest.id, "count": manifest.count, "size": manifest.size,
-             "sources": manifest.sources})
-    loader = make_loader(manifest, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                         rank=run.dist.rank, world_size=run.dist.world_size, sizes=(IMAGE_SIZE,),
-                         pin_memory=run.device.type == "cuda")
-    G, D = (run.wrap(m) for m in build(cfg))
-    opts = {"opt_g": torch.optim.Adam(G.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2)),
-            "opt_d": torch.optim.Adam(D.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))}
-    objects = {"generator": G, "critic": D, **opts}
-    state = run.restore(objects)
-    fixed_z = fixed_noise(SHEET, cfg.z_dim, cfg.seed, "normal").to(run.device)
-    noise = training_noise(run, cfg.seed, state)
-    return run_gan_epochs(
-        run, loader, objects, unwrap(D).encoder, state, manifest.id, noise,
-        train_epoch=lambda epoch, skip: train_one_epoch(run, G, D, opts, loader, epoch, skip, cfg, fixed_z, noise),
-        evaluate=lambda real, tag: evaluate(G, D, real, fixed_z, run, tag))
+    return fit(MonoGAN(cfg))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@common_options(batch_size=64, epochs=100, amp=False)
-@click.option("--z-dim", default=128, show_default=True, type=click.IntRange(1), help="Gaussian latent size.")
-@click.option("--g-width", default=64, show_default=True, type=click.IntRange(1),
-              help="Generator width (channels of its last hidden layer; WGAN-GP's reference: 128).")
-@click.option("--critic-norm", default="none", show_default=True, type=click.Choice(CRITIC_NORMS),
-              help="Per-sample normalisation in the critic (BatchNorm would break the per-sample penalty).")
-@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--beta1", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--beta2", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--n-critic", default=5, show_default=True, type=click.IntRange(1),
-              help="Critic updates per generator update.")
-@click.option("--gp-weight", default=10.0, show_default=True, type=click.FloatRange(0))
-@click.option("--sample-every", default=500, show_default=True, type=click.IntRange(0),
-              help="Write OUT/samples/stepNNNNNNN.png every K generator steps (0: only at epoch ends).")
-@click.option("--log-every", default=20, show_default=True, type=click.IntRange(1),
-              help="Log averaged losses every K generator steps.")
-def cli(**kwargs) -> None:
-    """Train MonoGAN (WGAN-GP, small-encoder critic) on a 32x32 shard set."""
-    cli_run(main, Config(**kwargs))
-
+cli = command(Config, lambda cfg: echo_stats(main(cfg)),
+              "Train MonoGAN (WGAN-GP, small-encoder critic) on a 32x32 shard set.")
 
 if __name__ == "__main__":
     cli()

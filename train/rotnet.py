@@ -15,31 +15,34 @@ from typing import ClassVar
 
 import click
 import torch
-from torch import nn
 
-from train.common_cli import (ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cli_run, fit_epoch, run_epochs,
-                              score, sgd)
 from augment.manifest import read_manifest
-from train.data import ShardLoader, center_crop, make_loader, prepare, random_crop_flip
-from train.engine import CommonConfig, Run, common_options, unwrap
+from train.classifier import ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cross_entropy_step, score, sgd
+from train.config import CommonConfig, command, option
+from train.loader import center_crop, make_loader, prepare, random_crop_flip, with_transform
+from train.loop import Method, echo_stats, fit
 from train.models import EncoderSpec
+from train.run import Run, unwrap
 
-METHOD = "rotnet"
 # Evaluation reads its own epoch of the set (an epoch index no training run reaches), centre crops.
 EVAL_EPOCH = 10**6
 
 
 @dataclass(frozen=True)
 class Config(CommonConfig):
-    arch: str = "alexnet"
-    crop: int = 0                 # 0: 224 for alexnet (S = 256 sets), 32 for small (S = 32, flip only)
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (15, 30, 45)
-    gamma: float = 0.1
-    eval_batches: int = 10
+    out: str = "runs/rotnet"
+    batch_size: int = 192
+    epochs: int = 50
+    arch: str = option("alexnet", "Encoder: AlexNet-BN, or the paper's small encoder for S = 32 sets.",
+                       choices=ARCH_CHOICES)
+    crop: int = option(0, "Random crop side; 0: 224 of S=256 (alexnet) or 32 of S=32 (small).", lo=0)
+    lr: float = option(0.01, "Learning rate.", lo=0, lo_open=True)
+    momentum: float = option(0.9, "SGD momentum.", lo=0, hi=1, hi_open=True)
+    nesterov: bool = option(True, "Nesterov momentum.")
+    weight_decay: float = option(5e-4, "L2 weight decay.", lo=0)
+    milestones: tuple[int, ...] = option((15, 30, 45), "Epochs at which the lr is multiplied by --gamma.")
+    gamma: float = option(0.1, "lr multiplier at each milestone.", lo=0, lo_open=True)
+    eval_batches: int = option(10, "Batches of the fixed evaluation epoch scored after each epoch.", lo=0)
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "crop")
 
@@ -55,85 +58,61 @@ def rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x4, y
 
 
-def build_loader(cfg: Config, run: Run, evaluation: bool = False) -> ShardLoader:
-    """The shard loader with RotNet's native augmentation (random crop + h-flip; centre crop to evaluate).
+class RotNet(Method):
+    name, Config = "rotnet", Config
 
-    Default crops accept only the set size they were designed for (224 of 256, 32 of 32); an explicit
-    ``--crop`` accepts any set at least that large.
-    """
-    size = cfg.input_size
-    m = read_manifest(cfg.shards)
-    if cfg.crop and m.size < size:
-        raise click.ClickException(f"{m.root}: patches are {m.size} pixels, smaller than --crop {size}; "
-                                   f"lower --crop or render with a larger --size")
-    sizes = None if cfg.crop else ((256,) if cfg.arch == "alexnet" else (32,))
-    transform = center_crop(size) if evaluation else random_crop_flip(size)
-    return make_loader(m, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                       transform=transform, rank=run.dist.rank, world_size=run.dist.world_size,
-                       sizes=sizes, pin_memory=run.device.type == "cuda")
+    def _loader(self, run: Run):
+        """RotNet's native augmentation (random crop + h-flip). Default crops accept only the set size
+        they were designed for (224 of 256, 32 of 32); an explicit ``--crop`` any set at least that large."""
+        cfg, size = self.cfg, self.cfg.input_size
+        m = read_manifest(cfg.shards)
+        if cfg.crop and m.size < size:
+            raise click.ClickException(f"{m.root}: patches are {m.size} pixels, smaller than --crop {size}; "
+                                       f"lower --crop or render with a larger --size")
+        sizes = None if cfg.crop else ((256,) if cfg.arch == "alexnet" else (32,))
+        return make_loader(m, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
+                           transform=random_crop_flip(size), rank=run.dist.rank, world_size=run.dist.world_size,
+                           sizes=sizes, pin_memory=run.device.type == "cuda", verify_stream=cfg.verify_stream)
 
+    def build(self, run: Run) -> dict:
+        cfg = self.cfg
+        self.loader = self._loader(run)
+        self.eval_loader = with_transform(self.loader, center_crop(cfg.input_size))
+        self.model = run.wrap(build_classifier(EncoderSpec(arch=cfg.arch), 4, cfg.input_size))
+        self.encoder = unwrap(self.model).encoder
+        self.opt = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.milestones), gamma=cfg.gamma)
+        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched}
 
-def train_one_epoch(run: Run, model: nn.Module, loader: ShardLoader, opt: torch.optim.Optimizer,
-                    epoch: int, skip: int = 0) -> dict:
-    """Train on batches ``skip..`` of ``epoch`` (or until --max-steps); mean loss and rotation accuracy."""
-    model.train()
-    batches = loader.epoch(epoch, skip)
-    return fit_epoch(run, model, batches, opt, lambda b: rotations(prepare(b[0], run.device)),
-                     f"rotnet epoch {epoch}", skip)
+    def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
+        self.model.train()
 
+    def step(self, run: Run, batch) -> dict:
+        x, y = rotations(prepare(batch[0], run.device))
+        return cross_entropy_step(run, self.model, [self.opt], x, y)
 
-def evaluate(run: Run, model: nn.Module, loader: ShardLoader, max_batches: int) -> dict:
-    """Rotation accuracy and loss on the first ``max_batches`` centre-cropped batches of a fixed epoch.
+    def end_epoch(self, run: Run, epoch: int, complete: bool) -> dict:
+        if complete:
+            self.sched.step()
+        return {}
 
-    Not a held-out split: every patch of a single-image set comes from the same image, so this
-    measures how well the pretext task is solved, not generalisation to other images.
-    """
-    batches = itertools.islice(loader.epoch(EVAL_EPOCH), max_batches)
-    return score(run, model, batches, lambda b: rotations(prepare(b[0], run.device)))
+    def evaluate(self, run: Run) -> dict:
+        """Rotation accuracy and loss on the first ``--eval-batches`` centre-cropped batches of a fixed
+        epoch. Not a held-out split: every patch of a single-image set comes from the same image, so this
+        measures how well the pretext task is solved, not generalisation to other images."""
+        batches = itertools.islice(self.eval_loader.epoch(EVAL_EPOCH), self.cfg.eval_batches)
+        return score(run, self.model, batches, lambda b: rotations(prepare(b[0], run.device)))
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
 
 
 def main(cfg: Config) -> dict:
     """Train RotNet as configured; returns the last epoch's statistics."""
-    run = Run(cfg, METHOD)
-    cfg = run.cfg                                   # architecture fields from the checkpoint on resume
-    loader, eval_loader = build_loader(cfg, run), build_loader(cfg, run, evaluation=True)
-    model = run.wrap(build_classifier(EncoderSpec(arch=cfg.arch), 4, cfg.input_size))
-    opt = sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma)
-    objects = {"model": model, "optimizer": opt, "scheduler": sched}
-    state = run.restore(objects)
-    return run_epochs(
-        run, cfg, objects, unwrap(model).encoder, sched, state, loader.batches_per_epoch,
-        train_epoch=lambda epoch, skip: train_one_epoch(run, model, loader, opt, epoch, skip),
-        evaluate=lambda: evaluate(run, model, eval_loader, cfg.eval_batches))
+    return fit(RotNet(cfg))
 
 
-def parse_milestones(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        return tuple(sorted(int(v) for v in value.split(",") if v.strip()))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give epochs as comma-separated integers, e.g. 15,30,45") from None
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@common_options(batch_size=192, epochs=50, out="runs/rotnet")
-@click.option("--arch", type=click.Choice(ARCH_CHOICES), default="alexnet", show_default=True)
-@click.option("--crop", type=click.IntRange(0), default=0, show_default=True,
-              help="Random crop side; 0: 224 of S=256 (alexnet) or 32 of S=32 (small).")
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--nesterov/--no-nesterov", default=True, show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--milestones", default="15,30,45", show_default=True, callback=parse_milestones,
-              help="Epochs at which the lr is multiplied by --gamma.")
-@click.option("--gamma", type=float, default=0.1, show_default=True)
-@click.option("--eval-batches", type=click.IntRange(0), default=10, show_default=True,
-              help="Batches of the fixed evaluation epoch scored after each epoch.")
-@click.option("--log-every", type=click.IntRange(1), default=20, show_default=True)
-def cli(**kw) -> None:
-    """Train RotNet (4-way rotation prediction) on a shard set."""
-    cli_run(main, Config(**kw))
-
+cli = command(Config, lambda cfg: echo_stats(main(cfg)), "Train RotNet (4-way rotation prediction) on a shard set.")
 
 if __name__ == "__main__":
     cli()

@@ -17,32 +17,36 @@ import click
 import torch
 from torch import nn
 
-from train.common_cli import (ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cli_run, fit_epoch, run_epochs,
-                              score, sgd)
-from train.data import prepare
-from train.engine import CommonConfig, Run, common_options, load_checkpoint, unwrap
-from train.folder_data import DATASETS, FolderLoader, make_folder_loader, open_splits, transforms_for
+from train.checkpoint import load_checkpoint
+from train.classifier import ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cross_entropy_step, score, sgd
+from train.config import CommonConfig, command, option
+from train.loader import prepare
+from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
+from train.loop import Method, echo_stats, fit
 from train.models import EncoderSpec
-
-METHOD = "supervised"
+from train.run import Run, unwrap
 
 
 @dataclass(frozen=True)
 class Config(CommonConfig):
-    data: str = ""
-    dataset: str = "imagefolder"
-    arch: str = "alexnet"
-    size: int = 0                  # input side; 0: 224 (alexnet) or 32 (small)
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    milestones: tuple[int, ...] = (30, 60)
-    gamma: float = 0.1
-    init_from: str = ""
-    freeze: tuple[str, ...] = ()
-    eval_batches: int = 0          # 0: the whole evaluation split
+    out: str = "runs/supervised"
+    epochs: int = 90
+    data: str = option("", "ImageFolder root (train/ and val/ or test/), or CIFAR files' folder.")
+    dataset: str = option("imagefolder", "Layout of --data.", choices=DATASETS)
+    arch: str = option("alexnet", "Encoder: AlexNet-BN, or the paper's small encoder (32 px).",
+                       choices=ARCH_CHOICES)
+    size: int = option(0, "Input side; 0: 224 (alexnet) or 32 (small).", lo=0)
+    lr: float = option(0.01, "Learning rate.", lo=0, lo_open=True)
+    momentum: float = option(0.9, "SGD momentum.", lo=0, hi=1, hi_open=True)
+    weight_decay: float = option(1e-4, "L2 weight decay.", lo=0)
+    milestones: tuple[int, ...] = option((30, 60), "Epochs at which the lr is multiplied by --gamma.")
+    gamma: float = option(0.1, "lr multiplier at each milestone.", lo=0, lo_open=True)
+    init_from: str = option("", "Start the encoder from this checkpoint (any trainer's).")
+    freeze: tuple[str, ...] = option((), "Blocks kept fixed, e.g. conv1,conv2.")
+    eval_batches: int = option(0, "Evaluation batches after each epoch (0: the whole split).", lo=0)
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset")
+    UNUSED: ClassVar[tuple[str, ...]] = ("shards", "verify_stream")
 
     @property
     def input_size(self) -> int:
@@ -87,83 +91,61 @@ def train_mode(model: nn.Module, frozen: tuple[str, ...]) -> None:
         unwrap(model).encoder.blocks[name].eval()
 
 
-def train_one_epoch(run: Run, model: nn.Module, loader: FolderLoader, opt: torch.optim.Optimizer,
-                    epoch: int, skip: int = 0) -> dict:
-    """Cross-entropy on batches ``skip..`` of ``epoch`` (or until --max-steps); mean loss and accuracy."""
-    train_mode(model, run.cfg.freeze)
-    return fit_epoch(run, model, loader.epoch(epoch, skip), opt, lambda b: to_xy(b, run.device),
-                     f"supervised epoch {epoch}", skip)
+class Supervised(Method):
+    name, Config, needs = "supervised", Config, ("data",)
 
+    def build(self, run: Run) -> dict:
+        cfg = self.cfg
+        splits = open_splits(cfg.data, cfg.dataset, *transforms_for(cfg.arch, cfg.input_size))
+        kw = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, rank=run.dist.rank,
+                  world_size=run.dist.world_size, pin_memory=run.device.type == "cuda")
+        self.loader = make_folder_loader(splits.train, **kw)
+        self.eval_loader = make_folder_loader(splits.eval, train=False, **kw) if splits.eval is not None else None
+        run.log({"event": "data", "classes": len(splits.classes), "train": len(splits.train),
+                 "eval": len(splits.eval) if splits.eval is not None else 0, "eval_split": splits.eval_name})
+        self.model = run.wrap(build_model(cfg, len(splits.classes)))
+        self.encoder = unwrap(self.model).encoder
+        self.opt = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.milestones), gamma=cfg.gamma)
+        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched}
 
-def to_xy(batch: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = batch
-    return prepare(images, device), labels.to(device, non_blocking=True)
+    def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
+        train_mode(self.model, self.cfg.freeze)
 
+    def step(self, run: Run, batch) -> dict:
+        x, y = self.to_xy(batch, run)
+        return cross_entropy_step(run, self.model, [self.opt], x, y)
 
-def evaluate(run: Run, model: nn.Module, loader: FolderLoader | None, max_batches: int) -> dict:
-    """Top-1 accuracy and loss on the evaluation split (centre crops), all of it unless ``max_batches``."""
-    if loader is None:
+    @staticmethod
+    def to_xy(batch: tuple, run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        return prepare(images, run.device), labels.to(run.device, non_blocking=True)
+
+    def end_epoch(self, run: Run, epoch: int, complete: bool) -> dict:
+        if complete:
+            self.sched.step()
         return {}
-    batches = loader.epoch(0)
-    if max_batches:
-        batches = itertools.islice(batches, max_batches)
-    return score(run, model, batches, lambda b: to_xy(b, run.device), acc_key="top1")
+
+    def evaluate(self, run: Run) -> dict:
+        """Top-1 accuracy and loss on the evaluation split (centre crops), all of it unless ``--eval-batches``."""
+        if self.eval_loader is None:
+            return {}
+        batches = self.eval_loader.epoch(0)
+        if self.cfg.eval_batches:
+            batches = itertools.islice(batches, self.cfg.eval_batches)
+        return score(run, self.model, batches, lambda b: self.to_xy(b, run), acc_key="top1")
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
 
 
 def main(cfg: Config) -> dict:
     """Train (or fine-tune) a supervised classifier as configured; returns the last epoch's statistics."""
-    run = Run(cfg, METHOD)
-    cfg = run.cfg
-    splits = open_splits(cfg.data, cfg.dataset, *transforms_for(cfg.arch, cfg.input_size))
-    kw = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, rank=run.dist.rank,
-              world_size=run.dist.world_size, pin_memory=run.device.type == "cuda")
-    loader = make_folder_loader(splits.train, **kw)
-    eval_loader = make_folder_loader(splits.eval, train=False, **kw) if splits.eval is not None else None
-    model = run.wrap(build_model(cfg, len(splits.classes)))
-    opt = sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma)
-    objects = {"model": model, "optimizer": opt, "scheduler": sched}
-    state = run.restore(objects)
-    run.log({"event": "data", "classes": len(splits.classes), "train": len(splits.train),
-             "eval": len(splits.eval) if splits.eval is not None else 0, "eval_split": splits.eval_name})
-    return run_epochs(
-        run, cfg, objects, unwrap(model).encoder, sched, state, loader.batches_per_epoch,
-        train_epoch=lambda epoch, skip: train_one_epoch(run, model, loader, opt, epoch, skip),
-        evaluate=lambda: evaluate(run, model, eval_loader, cfg.eval_batches))
+    return fit(Supervised(cfg))
 
 
-def parse_list(ctx, param, value: str) -> tuple:
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    if param.name != "milestones":
-        return items
-    try:
-        return tuple(sorted(int(v) for v in items))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give epochs as comma-separated integers, e.g. 30,60") from None
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data", required=True, help="ImageFolder root (train/ and val/ or test/), or CIFAR files' folder.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="imagefolder", show_default=True)
-@common_options(exclude=("shards",), out="runs/supervised", epochs=90)
-@click.option("--arch", type=click.Choice(ARCH_CHOICES), default="alexnet", show_default=True)
-@click.option("--size", type=click.IntRange(0), default=0, show_default=True,
-              help="Input side; 0: 224 (alexnet) or 32 (small).")
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--milestones", default="30,60", show_default=True, callback=parse_list,
-              help="Epochs at which the lr is multiplied by --gamma.")
-@click.option("--gamma", type=float, default=0.1, show_default=True)
-@click.option("--init-from", default="", help="Start the encoder from this checkpoint (any trainer's).")
-@click.option("--freeze", default="", callback=parse_list, help="Blocks kept fixed, e.g. conv1,conv2.")
-@click.option("--eval-batches", type=click.IntRange(0), default=0, show_default=True,
-              help="Evaluation batches after each epoch (0: the whole split).")
-@click.option("--log-every", type=click.IntRange(1), default=20, show_default=True)
-def cli(**kw) -> None:
-    """Train the supervised baseline, or fine-tune a checkpoint, on labelled images."""
-    cli_run(main, Config(**kw))
-
+cli = command(Config, lambda cfg: echo_stats(main(cfg)),
+              "Train the supervised baseline, or fine-tune a checkpoint, on labelled images.")
 
 if __name__ == "__main__":
     cli()

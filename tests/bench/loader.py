@@ -19,7 +19,7 @@ import time
 import torch
 
 from tests.toyset import make_toy_set
-from train.data import SKIPPED, decode_image, make_loader, random_crop_flip, tar_samples
+from train.loader import SKIPPED, decode_image, make_loader, random_crop_flip, tar_samples
 
 
 def jpeg_payloads(folder: str) -> list[bytes]:

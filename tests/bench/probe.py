@@ -15,7 +15,8 @@ from probe import cache as fcache
 from probe.backbone import load_backbone
 from probe.data import Split
 from probe.linear import ProbeConfig, train_cached_layer
-from train.engine import CommonConfig, write_bare_checkpoint
+from train.config import CommonConfig
+from train.run import write_bare_checkpoint
 from train.models import Encoder, EncoderSpec
 
 

@@ -6,7 +6,7 @@
 * ``JointDiscriminator``: BiGAN's D(x, z); z enters every layer as a learned per-channel bias.
 * ``gradient_penalty`` / ``penalty_terms``: WGAN-GP's penalty, one term per sample.
 * ``save_grid`` / ``pair_grid``: PNG sample sheets written with PIL.
-* ``Meter`` (loss means, one device sync); the ``--time-budget`` lives in ``train.engine`` (every trainer has it).
+* ``fixed_noise`` / ``training_noise``: the latent codes of sample sheets and of training draws.
 
 Choices and their sources are in docs/gans.md.
 """
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from augment.files import atomic_path
+from augment.seeds import mix
 from train.models import Encoder, EncoderSpec, encoder_output_dim
 
 CRITIC_NORMS = ("none", "layer")
@@ -152,20 +154,17 @@ class JointDiscriminator(nn.Module):
 
 def fixed_noise(n: int, z_dim: int, seed: int, kind: str) -> torch.Tensor:
     """The latent codes of every sample sheet of a run: a function of the seed only (same after resume)."""
-    g = torch.Generator().manual_seed(seed + 0x5EED)
+    g = torch.Generator().manual_seed(mix(seed, 0x5EED))
     if kind == "uniform":
         return torch.rand(n, z_dim, generator=g) * 2 - 1
     return torch.randn(n, z_dim, generator=g)
 
 
-def training_noise(run, seed: int, state) -> torch.Generator:
+def training_noise(device: torch.device, seed: int, rank: int) -> torch.Generator:
     """The generator of every training draw (z, interpolation weights), its state saved as
     ``extra.noise_rng``: kept apart from the global RNG, which each DataLoader iterator draws from,
     so that a mid-epoch resume continues the exact sequence."""
-    g = torch.Generator(device=run.device).manual_seed(seed * 1000 + run.dist.rank + 0xA11CE)
-    if "noise_rng" in state.extra:
-        g.set_state(state.extra["noise_rng"])
-    return g
+    return torch.Generator(device=device).manual_seed(mix(seed, rank, 0xA11CE))
 
 
 def pair_grid(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -186,57 +185,6 @@ def save_grid(images: torch.Tensor, path: str, nrow: int = 8, pad: int = 2) -> s
     from PIL import Image
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.partial-{os.getpid()}.png"
-    Image.fromarray(sheet).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, ".png") as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
     return path
-
-
-class Meter:
-    """Running sums of scalar tensors; ``mean()`` syncs with the device once, not once per step."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.n = 0
-
-    def add(self, stats: dict[str, torch.Tensor]) -> None:
-        for k, v in stats.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        self.n += 1
-
-    def mean(self) -> dict[str, float]:
-        if not self.n:
-            return {}
-        keys = list(self.sums)
-        values = (torch.stack([self.sums[k] for k in keys]) / self.n).tolist()
-        return {k: round(v, 6) for k, v in zip(keys, values)}
-
-
-def run_gan_epochs(run, loader, objects: dict, encoder: nn.Module, state, set_id: str,
-                   noise: torch.Generator, train_epoch, evaluate) -> dict:
-    """The epoch loop both GAN trainers share.
-
-    ``train_epoch(epoch, skip)`` returns mean losses, ``batches_done`` (from the epoch's start) and the
-    last ``real`` batch; ``evaluate(real, tag)`` writes sample sheets and returns statistics. A checkpoint
-    follows every epoch and every stop (``--max-steps``, ``--time-budget``); a stop mid-epoch records how
-    far it got, so ``--resume`` continues at exactly the next batch.
-    """
-    epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
-    while epoch < run.cfg.epochs and not run.done:
-        run.epoch = epoch
-        stats = train_epoch(epoch, skip)
-        real, done = stats.pop("real"), stats.pop("batches_done")
-        complete = done >= loader.batches_per_epoch
-        epoch, skip = (epoch + 1, 0) if complete else (epoch, done)
-        if real is not None:  # None only when a resume skips a whole epoch
-            stats |= evaluate(real, f"step{run.step:07d}")
-        summary = stats | {"train_seconds": round(run.budget.spent, 1)}
-        run.log({"event": "epoch", "complete": complete, "epochs_done": epoch, **summary})
-        run.save(objects, encoder=encoder, epoch=epoch,
-                 extra={"set_id": set_id, "batches_done": skip, "noise_rng": noise.get_state(),
-                        "time_budget_reached": run.budget.reached(run.dist, run.device)})
-    if run.budget.reached(run.dist, run.device):
-        run.log({"event": "time_budget", "seconds": run.cfg.time_budget, "spent": round(run.budget.spent, 1)})
-    run.close()
-    return summary

@@ -14,15 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from augment.seeds import mix
+
 DATASETS = ("imagefolder", "cifar10", "cifar100")
-
-
-def _mix(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint32)[0])
 
 
 def _to_rgb(im):
@@ -112,7 +109,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, i: int) -> Any:
         # torchvision transforms draw from the global torch RNG: fork it so the caller's is untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, self.epoch, i))
+            torch.manual_seed(mix(self.seed, self.epoch, i))
             return self.ds[i]
 
 

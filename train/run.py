@@ -1,15 +1,12 @@
-"""The one training loop every trainer shares: config, options, run log, checkpoints, resume, DDP.
+"""A training run: output folder, log, device, process group, time budget, checkpoints and resume.
 
-A trainer module defines a frozen ``Config`` (subclass of ``CommonConfig``), ``train_one_epoch(...) ->
-dict``, ``evaluate(...) -> dict`` under ``torch.inference_mode()``, and a short ``main(cfg)`` that wires
-``Run`` to its model and loader. ``Run`` owns everything else:
+``Run`` owns everything a method must not know about:
 
-* ``out/log.jsonl``: first line ``{"git": ..., "config": {sorted}}``, then one JSON object per event;
-* ``out/checkpoint.pt``: model, optimisers, schedulers, epoch, step, config, encoder spec + weights, RNG
-  states, git revision and library versions, written to a temporary file and ``os.replace``d;
-* ``--resume``: one generic call, ``run.restore(objects)``; the checkpoint's architecture fields win;
-* device choice, DDP under ``torchrun`` (env ``WORLD_SIZE``), bf16 autocast on CUDA, a fail-fast check
-  that the loss is finite (the last good checkpoint stays intact).
+* ``out/log.jsonl``: first line ``{"git": ..., "config": {sorted}, ...}``, then one JSON object per event;
+* ``out/checkpoint.pt`` (``train.checkpoint``): written atomically with a payload digest;
+* ``--resume``: ``run.restore(objects)``; the checkpoint's architecture fields win;
+* device choice, DDP under ``torchrun`` (env ``WORLD_SIZE``), bf16 autocast on CUDA, and the fail-fast
+  check that every statistic of a step is finite (the last good checkpoint stays intact).
 """
 from __future__ import annotations
 
@@ -23,8 +20,8 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, ClassVar, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import click
 import numpy as np
@@ -32,83 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-CHECKPOINT = "checkpoint.pt"
+from augment.seeds import mix
+from train.checkpoint import CHECKPOINT, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
+from train.config import CommonConfig
+
 LOG = "log.jsonl"
-CKPT_FORMAT = "single-image-ssl/checkpoint"
-CKPT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CommonConfig:
-    """Options every trainer has. Subclasses add their own fields and name their ``ARCH_FIELDS``."""
-
-    shards: str = ""
-    out: str = "runs/default"
-    batch_size: int = 256
-    workers: int = 4
-    device: str = "auto"
-    seed: int = 0
-    epochs: int = 1
-    max_steps: int = 0            # 0: no limit; otherwise stop (and checkpoint) after this many steps
-    resume: bool = False
-    amp: bool = True              # bf16 autocast on CUDA; ignored on the CPU
-    log_every: int = 20
-    time_budget: float = 0.0      # 0: none; otherwise stop (and checkpoint) after this many training seconds
-
-    # Fields that define the network: on resume the checkpoint's values win over the command line.
-    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(sorted(asdict(self).items()))
-
-
-def _named_option(*decls: str, **kw) -> tuple[str, Callable]:
-    """A click option paired with its long name (``--resume/--no-resume`` -> ``--resume``)."""
-    return decls[0].split("/")[0], click.option(*decls, **kw)
-
-
-def common_options(exclude: tuple[str, ...] = (), **defaults) -> Callable:
-    """Click options shared by every trainer; ``defaults`` overrides per trainer (e.g. batch_size=192).
-
-    ``exclude`` drops options a trainer has no use for (e.g. ``("shards",)`` for a trainer that reads
-    an ImageFolder); the config then keeps that field's default.
-    """
-    d = {f.name: f.default for f in dataclasses.fields(CommonConfig)} | defaults
-    opts = [
-        _named_option("--shards", default=d["shards"], show_default=True,
-                     help="Shard set: a folder with manifest.json, or its URL."),
-        _named_option("--out", default=d["out"], show_default=True, type=click.Path(file_okay=False),
-                     help="Run folder: log.jsonl and checkpoint.pt are written here."),
-        _named_option("--batch-size", default=d["batch_size"], show_default=True, type=click.IntRange(1)),
-        _named_option("--workers", default=d["workers"], show_default=True, type=click.IntRange(0),
-                     help="DataLoader worker processes (decoding and native augmentation)."),
-        _named_option("--device", default=d["device"], show_default=True,
-                     help="auto, cpu, cuda or cuda:N."),
-        _named_option("--seed", default=d["seed"], show_default=True, type=int),
-        _named_option("--epochs", default=d["epochs"], show_default=True, type=click.IntRange(1)),
-        _named_option("--max-steps", default=d["max_steps"], show_default=True, type=click.IntRange(0),
-                     help="Stop after this many optimisation steps in total (0: no limit)."),
-        _named_option("--resume/--no-resume", default=False, show_default=True,
-                     help="Continue from OUT/checkpoint.pt."),
-        _named_option("--amp/--no-amp", default=d["amp"], show_default=True,
-                     help="bf16 autocast on CUDA (ignored on the CPU)."),
-        _named_option("--time-budget", default=d["time_budget"], show_default=True, type=click.FloatRange(0),
-                     help="Stop with a checkpoint after this many training seconds, summed over resumes "
-                          "(0: none). Equal budgets make methods comparable on one machine."),
-    ]
-
-    dropped = {"--" + name.replace("_", "-") for name in exclude}
-    opts = [o for name, o in opts if name not in dropped]
-
-    def deco(f):
-        for opt in reversed(opts):
-            f = opt(f)
-        return f
-
-    return deco
-
-
-# --------------------------------------------------------------------------- environment facts
 
 
 def git_revision() -> str:
@@ -204,7 +129,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
-    s = seed * 1000 + rank
+    """Seed the global generators of Python, numpy and torch from (seed, rank)."""
+    s = mix(seed, rank, 0x61081)
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
@@ -225,39 +151,9 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-# --------------------------------------------------------------------------- checkpoints
-
 
 class NonFiniteLoss(click.ClickException):
-    """Raised when a loss is NaN or infinite; the last good checkpoint is left untouched."""
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    tmp = f"{path}.partial-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint written by any trainer; anything else is one clear error naming the file."""
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT)
-    if not os.path.isfile(path):
-        raise click.ClickException(f"{path}: no such checkpoint; train first or pass the run folder's "
-                                   f"{CHECKPOINT}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle, zip and torch errors alike mean "not a checkpoint"
-        raise click.ClickException(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise click.ClickException(f"{path}: not a checkpoint of this project (no {CKPT_FORMAT!r} marker)")
-    return ck
+    """Raised when a statistic of a step is NaN or infinite; the last good checkpoint is left untouched."""
 
 
 @dataclass
@@ -363,19 +259,25 @@ class Run:
                     mininterval=1.0, file=sys.stderr)
 
     # ---- steps
-    def check_finite(self, loss: float, what: str = "loss") -> None:
-        """Stop with a clear message on NaN/inf; nothing is written, so the last checkpoint stays good."""
-        if not math.isfinite(loss):
-            self.log({"event": "non_finite", "what": what, "value": str(loss)})
-            kept = self.ckpt_path if os.path.isfile(self.ckpt_path) else "none written yet"
-            raise NonFiniteLoss(f"{what} is {loss} at epoch {self.epoch} step {self.step}; last good "
-                                f"checkpoint: {kept}. Lower the learning rate or check the data "
-                                f"(`python -m augment verify`), then --resume")
+    def finite(self, stats: dict[str, Any]) -> dict[str, float]:
+        """A step's statistics as floats (one device sync); a NaN or inf stops the run with one line.
 
-    def tick(self) -> bool:
-        """Count one optimisation step; True when ``--max-steps`` is reached."""
-        self.step += 1
-        return self.done
+        Nothing is written on the way out, so the last checkpoint stays good.
+        """
+        tensors = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+        values = dict(stats)
+        if tensors:
+            values |= dict(zip(tensors, torch.stack([stats[k].detach().float().reshape(())
+                                                     for k in tensors]).tolist()))
+        for key, v in values.items():
+            if not math.isfinite(v):
+                self.log({"event": "non_finite", "what": key, "value": str(v)})
+                kept = self.ckpt_path if os.path.isfile(self.ckpt_path) else "none written yet"
+                raise NonFiniteLoss(
+                    f"{key.replace('_', ' ')} is {v} at epoch {self.epoch} step {self.step}; last good "
+                    f"checkpoint: {kept}. Check the data (`python -m augment verify`), then continue from "
+                    f"that checkpoint with a lower learning rate (`--resume --lr X`) or a new seed")
+        return {k: float(v) for k, v in values.items()}
 
     @property
     def done(self) -> bool:
@@ -427,17 +329,11 @@ class Run:
         """Write ``out/checkpoint.pt`` atomically (main rank); ``epoch`` = epochs completed."""
         if not self.dist.is_main:
             return
-        enc = unwrap(encoder)
-        ck = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "method": self.method,
-              "config": self.cfg.to_dict(), "encoder_spec": enc.spec.to_dict(),
-              "encoder": enc.state_dict(),
-              "state": {k: (unwrap(v).state_dict() if isinstance(v, nn.Module) else v.state_dict())
-                        for k, v in objects.items()},
-              "epoch": epoch, "step": self.step, "train_seconds": self.budget.spent,
-              "rng": rng_state(), "git": git_revision(),
-              "versions": library_versions(), "extra": extra or {},
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        save_atomic(ck, self.ckpt_path)
+        ck = checkpoint_dict(method=self.method, config=self.cfg.to_dict(), encoder=encoder,
+                             state={k: state_of(v) for k, v in objects.items()}, epoch=epoch, step=self.step,
+                             train_seconds=self.budget.spent, rng=rng_state(), git=git_revision(),
+                             versions=library_versions(), extra=extra or {})
+        save_checkpoint(ck, self.ckpt_path)
         self.log({"event": "checkpoint", "path": self.ckpt_path, "epochs_done": epoch})
 
     def close(self) -> None:
@@ -445,12 +341,13 @@ class Run:
             dist.destroy_process_group()
 
 
+
+
 def write_bare_checkpoint(path: str, *, method: str, cfg: CommonConfig, encoder: nn.Module,
                           extra: dict[str, Any] | None = None) -> None:
     """A checkpoint with an encoder and no optimiser state (``train.random``, converted weights)."""
-    ck = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "method": method, "config": cfg.to_dict(),
-          "encoder_spec": encoder.spec.to_dict(), "encoder": encoder.state_dict(), "state": {},
-          "epoch": 0, "step": 0, "rng": rng_state(), "git": git_revision(),
-          "versions": library_versions(), "extra": extra or {}}
+    ck = checkpoint_dict(method=method, config=cfg.to_dict(), encoder=encoder, state={}, epoch=0, step=0,
+                         train_seconds=0.0, rng=rng_state(), git=git_revision(), versions=library_versions(),
+                         extra=extra or {})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_atomic(ck, path)
+    save_checkpoint(ck, path)

@@ -1,0 +1,67 @@
+"""What the classification-style methods share (RotNet, supervised, DeepCluster): the networks, SGD over
+the trainable parameters, one cross-entropy step, and scoring in eval mode."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import click
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.loop import Meter
+from train.models import AlexNetClassifier, EncoderSpec, SmallClassifier
+from train.run import Run, all_reduce_mean, unwrap
+
+ARCH_CHOICES = ("alexnet", "small")
+# Input side each architecture is built for when no crop/size is given: AlexNet's 224 and the
+# small encoder's CIFAR-sized 32.
+DEFAULT_INPUT = {"alexnet": 224, "small": 32}
+
+# A method's map from one loader batch to (inputs, targets) on the run's device.
+ToXY = Callable[[tuple], tuple[torch.Tensor, torch.Tensor]]
+
+
+def build_classifier(spec: EncoderSpec, num_classes: int, input_size: int) -> nn.Module:
+    """AlexNet-BN + fc6/fc7 + top (``alexnet``) or the small encoder + one linear layer (``small``)."""
+    if spec.arch == "alexnet":
+        if input_size < 63:
+            raise click.ClickException(f"AlexNet needs inputs of at least 63 pixels (three 3/2 max-pools); "
+                                       f"got {input_size}: raise --crop/--size or use --arch small")
+        return AlexNetClassifier(spec, num_classes, input_size=input_size)
+    return SmallClassifier(spec, num_classes, input_size=input_size)
+
+
+def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False):
+    """SGD over the parameters that train (frozen ones are left out, so weight decay never moves them)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
+
+
+def cross_entropy_step(run: Run, model: nn.Module, opts: list[torch.optim.Optimizer], x: torch.Tensor,
+                       y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One cross-entropy step; its loss and accuracy as tensors (the loop syncs once)."""
+    with run.autocast():
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in opts:
+        opt.step()
+    return {"loss": loss.detach(), "acc": (logits.detach().argmax(1) == y).float().mean()}
+
+
+def score(run: Run, model: nn.Module, batches: Iterable, to_xy: ToXY, acc_key: str = "acc") -> dict:
+    """Mean loss and accuracy (as ``acc_key``) of the model in eval mode over ``batches``, averaged over ranks."""
+    net = unwrap(model).eval()
+    meter = Meter()
+    with torch.inference_mode():
+        for batch in batches:
+            x, y = to_xy(batch)
+            with run.autocast():
+                logits = net(x).float()
+            meter.add({"loss": F.cross_entropy(logits, y).item(),
+                       acc_key: (logits.argmax(1) == y).float().mean().item()}, n=len(y))
+    return {k: all_reduce_mean(v, run.dist, run.device) for k, v in meter.means().items()}

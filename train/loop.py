@@ -1,0 +1,166 @@
+"""The one training loop. A method supplies build / step / hooks / evaluate; the loop does the rest.
+
+``fit(method)`` owns the run folder, the log, resume (exact, mid-epoch), the time budget, ``--max-steps``,
+the NaN stop, checkpoints and DDP (through ``train.run.Run``). A method (``Method`` subclass) knows only
+its networks, its optimisation step and its per-epoch work::
+
+    class MyMethod(Method):
+        name, Config = "mine", MyConfig
+        def build(self, run):            # modules, optimisers, schedulers to checkpoint, by name;
+            ...                          # also sets self.loader (epoch(e, skip), batches_per_epoch)
+            return {"model": model, "optimizer": opt}   # and self.encoder (what the probes read)
+        def step(self, run, batch):      # one optimisation step -> its statistics (tensors or floats)
+            ...
+
+Optional hooks: ``check`` (validate options before the run folder exists), ``begin_epoch`` (DeepCluster's
+clustering, a GAN's lr), ``after_step`` (sample sheets), ``end_epoch`` (a scheduler's step),
+``evaluate`` (after each complete epoch; also after a stop with ``evaluate_at_stop``), ``extra_state`` / ``load_extra`` (state beyond ``state_dict``s),
+``lr`` (logged). ``step`` may return None for a batch that completes no counted step (MonoGAN's critic
+batches): the step counter, ``--max-steps`` and the logs count optimisation steps as the method defines
+them. docs/training.md describes the contract.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import click
+
+from train.run import ResumeState, Run
+
+
+class Meter:
+    """Means of named statistics over steps (or samples, with ``n``)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, values: dict[str, float], n: int = 1) -> None:
+        self.n += n
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
+
+    def means(self) -> dict[str, float]:
+        return {k: round(v / max(self.n, 1), 6) for k, v in self.sums.items()}
+
+
+class Method:
+    """What a training method supplies to ``fit``; see the module docstring."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    needs: ClassVar[tuple[str, ...]] = ("shards",)   # options that must be given
+    evaluate_at_stop: ClassVar[bool] = False        # also evaluate after an epoch cut short (GAN sheets)
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.loader: Any = None
+        self.encoder: Any = None
+
+    def check(self) -> None:
+        """Fail before the run folder exists on options that cannot work (default: missing inputs)."""
+        for opt in self.needs:
+            if not getattr(self.cfg, opt):
+                raise click.ClickException(f"--{opt.replace('_', '-')} is missing: give "
+                                           f"{'a shard set folder (python -m augment render)' if opt == 'shards' else 'it'}")
+
+    def build(self, run: Run) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def step(self, run: Run, batch: Any) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
+        return None
+
+    def after_step(self, run: Run) -> None:
+        return None
+
+    def end_epoch(self, run: Run, epoch: int, complete: bool) -> dict[str, Any]:
+        return {}
+
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra(self, extra: dict[str, Any]) -> None:
+        return None
+
+    def lr(self) -> float | None:
+        return None
+
+
+def train_epoch(run: Run, method: Method, epoch: int, skip: int) -> tuple[dict[str, float], int]:
+    """Steps over batches ``skip..`` of ``epoch`` until they end or the run is done; (means, batches done)."""
+    meter, window, done = Meter(), Meter(), skip
+    batches = method.loader.epoch(epoch, skip)
+    for batch in run.progress(batches, len(batches), f"{method.name} epoch {epoch}"):
+        stats = method.step(run, batch)
+        done += 1
+        if stats is not None:
+            values = run.finite(stats)
+            meter.add(values)
+            window.add(values)
+            run.step += 1
+            if run.step % run.cfg.log_every == 0:
+                run.log({"event": "train", **window.means(), "lr": method.lr()})
+                window = Meter()
+            method.after_step(run)
+        # max-steps or budget; under DDP a collective, so every rank asks once per batch
+        if run.done:
+            break
+    if window.n:
+        run.log({"event": "train", **window.means(), "lr": method.lr()})
+    return meter.means(), done
+
+
+def run_epochs(run: Run, method: Method, objects: dict[str, Any], state: ResumeState) -> dict[str, Any]:
+    """Epochs until ``--epochs``, ``--max-steps`` or the budget; a checkpoint after each and at a stop."""
+    epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
+    while epoch < run.cfg.epochs and not run.done:
+        run.epoch = epoch
+        method.begin_epoch(run, epoch, skip)
+        stats, done = train_epoch(run, method, epoch, skip)
+        complete = done >= method.loader.batches_per_epoch
+        stats |= method.end_epoch(run, epoch, complete)
+        if complete or method.evaluate_at_stop:
+            stats |= {f"eval_{k}": v for k, v in method.evaluate(run).items()}
+        epoch, skip = (epoch + 1, 0) if complete else (epoch, done)
+        summary = stats | {"batches_done": done, "lr": method.lr(), "train_seconds": round(run.budget.spent, 1)}
+        run.log({"event": "epoch", "complete": complete, "epochs_done": epoch, **summary})
+        reached = run.budget.reached(run.dist, run.device)
+        extra = {"batches_done": skip, "time_budget_reached": reached, **method.extra_state()}
+        if getattr(method.loader, "manifest", None) is not None:
+            extra["set_id"] = method.loader.manifest.id
+        run.save(objects, method.encoder, epoch, extra=extra)
+    if run.budget.reached(run.dist, run.device):
+        run.log({"event": "time_budget", "seconds": run.cfg.time_budget, "spent": round(run.budget.spent, 1)})
+    return summary
+
+
+def fit(method: Method) -> dict[str, Any]:
+    """Train ``method`` as its config says; returns the last epoch's statistics (also in OUT/log.jsonl)."""
+    method.check()
+    run = Run(method.cfg, method.name)
+    try:
+        if run.cfg != method.cfg:       # --resume: the checkpoint's architecture fields won
+            method.cfg = run.cfg
+            method.check()
+        objects = method.build(run)
+        data = getattr(method.loader, "manifest", None)
+        if data is not None:
+            run.log({"event": "data", "set_id": data.id, "count": data.count, "size": data.size,
+                     "sources": data.sources})
+        state = run.restore(objects)
+        method.load_extra(state.extra)
+        return run_epochs(run, method, objects, state)
+    finally:
+        run.close()
+
+
+def echo_stats(stats: dict[str, Any]) -> None:
+    """The final statistics on one line of stderr (what a command prints when it ends)."""
+    click.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()
+                        if not isinstance(v, (dict, list))), err=True)
