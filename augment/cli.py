@@ -1,12 +1,15 @@
 """`python -m augment ...`: render, verify, show, info, merge (this module) and publish, fetch (share.py)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import click
+from click.core import ParameterSource
 
-from augment.color import JitterParams
-from augment.geometry import GeomParams
+from augment.color import HUE_SPACES, JITTER_ORDERS, JitterParams
+from augment.geometry import CROP_SAMPLERS, GeomParams
+from augment.recipes import RECIPES, VARIANTS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,18 +56,47 @@ def _range(value: str | None) -> tuple[int, int] | None:
 @click.option("--no-jitter", is_flag=True, help="Ablation: no colour jitter (Table 1).")
 @click.option("--max-pixels", type=int, default=None, help="Decompression-bomb guard [default: 178956970].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--variant", type=click.Choice(list(VARIANTS)), default="paper", show_default=True,
+              help="Sets --recipe, --crop-sampler, --hue-space, --jitter-order at once (docs/variants.md); "
+                   "options given explicitly win.")
+@click.option("--recipe", type=click.Choice(RECIPES), default=None,
+              help="paper (§3.1) or released (the authors' later generator); released also changes the "
+                   "defaults of --min-area, --max-angle, --flip, --jitter-prob, --max-shear, --init-crop "
+                   "[default: from --variant].")
+@click.option("--crop-sampler", type=click.Choice(CROP_SAMPLERS), default=None,
+              help="conditional: aspect and angle, then the area that fits; joint: all three drawn together "
+                   "and rejected, 10 tries [default: from --variant].")
+@click.option("--hue-space", type=click.Choice(HUE_SPACES), default=None,
+              help="rgb-rotation: rotate RGB about the grey axis; hsv: torchvision's shift of H "
+                   "[default: from --variant].")
+@click.option("--jitter-order", type=click.Choice(JITTER_ORDERS), default=None,
+              help="fixed: one composed map, clipped once; random: ColorJitter's random order, clipping "
+                   "after each step [default: from --variant].")
+@click.option("--jitter-prob", type=click.FloatRange(0, 1), default=None,
+              help="Share of patches jittered [default: paper 1, released 0.5].")
+@click.option("--max-shear", type=click.FloatRange(0, 90, max_open=True), default=None,
+              help="Released recipe: x-shear range, degrees [default: 30].")
+@click.option("--init-crop", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Released recipe: side of the first square crop / the short side [default: 0.5].")
 def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samples_per_shard, shard_range,
            min_area, max_area, aspect, max_angle, flip_prob, brightness, contrast, saturation, hue, no_scale,
-           no_rotation, no_jitter, max_pixels, quiet) -> None:
+           no_rotation, no_jitter, max_pixels, quiet, variant, recipe, crop_sampler, hue_space, jitter_order,
+           jitter_prob, max_shear, init_crop) -> None:
     """Render N source images into D augmented S x S patches as a shard set."""
+    from augment.recipes import resolve
     from augment.render import PRESETS, Recipe, RenderConfig, canonical_command, render as run, resolve_format
     from augment.sources import DEFAULT_MAX_PIXELS
 
     count = PRESETS[preset]["count"] if count is None else count
     size = PRESETS[preset]["size"] if size is None else size
-    geom = GeomParams(min_area, max_area, aspect, max_angle, flip_prob, not no_scale, not no_rotation)
-    jitter = JitterParams(brightness, contrast, saturation, hue, not no_jitter)
-    recipe = Recipe(count, size, n, seed, resolve_format(fmt, size), quality, samples_per_shard, geom, jitter)
+    ctx = click.get_current_context()
+    given = {k: v for k, v in ctx.params.items() if v is not None
+             and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    kind, geom, jitter = resolve(variant, given)
+    geom = dataclasses.replace(geom, scale=not no_scale, rotation=not no_rotation)
+    jitter = dataclasses.replace(jitter, enabled=not no_jitter)
+    recipe = Recipe(count, size, n, seed, resolve_format(fmt, size), quality, samples_per_shard, geom, jitter,
+                    kind)
     if out is None:
         stem = os.path.splitext(os.path.basename(os.path.normpath(image)))[0]
         out = os.path.join("shards", f"{stem}-n{n}-s{size}-d{count}")

@@ -7,9 +7,15 @@ Fixed order, each a linear (or affine) map of the RGB vector x:
   4. hue h:         rotation by 2 pi h about the grey axis (1, 1, 1) (h = 1/3 maps red to green)
 Composed into one 3 x 4 matrix and applied once, then rounded and clipped to uint8 (no clipping in
 between, unlike torchvision's ColorJitter, which also randomises the order).
+
+Named variants (docs/variants.md): ``hue_space="hsv"`` replaces step 4 by torchvision's hue, a shift of
+the H channel of HSV; ``order="random"`` applies the four steps in a per-sample random order, clipping
+to [0, 255] after each, as ColorJitter does; ``prob`` < 1 applies the whole jitter to only that share
+of the patches (the released generator's RandomApply(p = 0.5)).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -17,6 +23,11 @@ import cv2
 import numpy as np
 
 LUMA = np.array([0.299, 0.587, 0.114])
+HUE_SPACES = ("rgb-rotation", "hsv")
+JITTER_ORDERS = ("fixed", "random")
+STEPS = ("brightness", "contrast", "saturation", "hue")
+# Every order of the four steps, indexed by one uniform draw (torchvision draws a randperm(4)).
+ORDERS = tuple(itertools.permutations(range(4)))
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,9 @@ class JitterParams:
     saturation: float = 0.4
     hue: float = 0.1
     enabled: bool = True
+    prob: float = 1.0
+    hue_space: str = "rgb-rotation"
+    order: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -109,3 +123,60 @@ def apply_bgr(rgba: np.ndarray, j: Jitter) -> np.ndarray:
         return cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR)
     rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     return cv2.transform(rgb, bgr_matrix(j, cv2.mean(rgb)))  # rows reversed: BGR out at no cost
+
+
+def order_of(u: float) -> tuple[int, ...]:
+    """The step order (indices into ``STEPS``) that one U[0, 1) draw picks, each of the 24 equally likely."""
+    return ORDERS[min(int(u * len(ORDERS)), len(ORDERS) - 1)]
+
+
+def hsv_hue(rgb: np.ndarray, h: float) -> np.ndarray:
+    """torchvision's hue step on a float32 RGB patch in [0, 255]: H of HSV shifted by ``h`` of the circle.
+
+    OpenCV's float HSV is scale-free (V = max, S = (max - min) / max), so [0, 255] needs no rescaling; the
+    shift keeps each pixel's max and min, so a patch inside the RGB cube stays inside it.
+    """
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = np.mod(hsv[..., 0] + np.float32(360.0 * h), np.float32(360.0))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _affine_step(x: np.ndarray, j: Jitter) -> np.ndarray:
+    return cv2.transform(x, color_matrix(j, cv2.mean(x)).astype(np.float32))
+
+
+def jitter_rgb(rgb: np.ndarray, j: Jitter, order: tuple[int, ...] | None, hue_space: str) -> np.ndarray:
+    """Jitter a float32 RGB patch in [0, 255]; returns float32 (not rounded).
+
+    ``order`` None: the fixed order as one affine map, clipped once; with ``hsv`` the map holds only
+    brightness, contrast and saturation and the hue step follows the clip (HSV is defined on the RGB
+    cube). A tuple: the four steps in that order, each clipped to [0, 255] after it (ColorJitter's
+    behaviour). The contrast step blends with
+    the mean grey of the patch as it is at that step.
+    """
+    if order is None:
+        if hue_space == "rgb-rotation":
+            return np.clip(_affine_step(rgb, j), 0, 255)
+        return hsv_hue(np.clip(_affine_step(rgb, Jitter(j.brightness, j.contrast, j.saturation, 0.0)), 0, 255), j.hue)
+    x = rgb
+    for step in order:
+        if step == 3 and hue_space == "hsv":
+            x = hsv_hue(x, j.hue)
+            continue
+        one = [1.0, 1.0, 1.0, 0.0]
+        one[step] = (j.brightness, j.contrast, j.saturation, j.hue)[step]
+        x = np.clip(_affine_step(x, Jitter(*one)), 0, 255)
+    return x
+
+
+def jitter_bgr(rgba: np.ndarray, j: Jitter, order: tuple[int, ...] | None, hue_space: str) -> np.ndarray:
+    """S x S x 4 RGB(A) patch -> jittered S x S x 3 uint8 BGR, for any hue space and step order.
+
+    The paper's case (rotation hue, fixed order) and the identity are ``apply_bgr``'s one composed map,
+    bit for bit; the others work in float32 and round once at the end.
+    """
+    if j == _IDENTITY or (order is None and hue_space == "rgb-rotation"):
+        return apply_bgr(rgba, j)
+    rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB).astype(np.float32)
+    out = np.rint(jitter_rgb(rgb, j, order, hue_space)).astype(np.uint8)
+    return cv2.cvtColor(out, cv2.COLOR_RGB2BGR)

@@ -20,9 +20,14 @@ import numpy as np
 LEVEL_STEP = math.sqrt(2.0)
 
 
+CROP_SAMPLERS = ("conditional", "joint")
+TRIES = 10  # the joint sampler's attempts, as torchvision's RandomResizedCrop
+
+
 @dataclass(frozen=True)
 class GeomParams:
-    """The paper's crop parameters (β, γ, α range, flip probability) and the ablation switches."""
+    """The paper's crop parameters (β, γ, α range, flip probability), the ablation switches, the crop
+    sampler, and the released recipe's shear and initial crop (docs/variants.md)."""
 
     min_area: float = 1e-3
     max_area: float = 1.0
@@ -31,6 +36,9 @@ class GeomParams:
     flip_prob: float = 0.5
     scale: bool = True
     rotation: bool = True
+    sampler: str = "conditional"
+    max_shear: float = 0.0
+    init_crop: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,8 @@ def crops_from_uniforms(u: np.ndarray, W: int, H: int, p: GeomParams) -> tuple[n
     then uniform over the part of [β, max_area] that fits at that aspect and angle (no rejection loop:
     docs/augmentation.md). Only when even β does not fit (extreme sources) is the crop the largest that
     fits (``fallback``, area below β). With ``scale`` off the crop is the whole image (its own aspect),
-    shrunk about its centre if rotated. Bounded time for any source.
+    shrunk as much as its rotation needs, its centre drawn like any other crop's. Bounded time for any
+    source.
     """
     flip = u[:, 0] < p.flip_prob
     angle = -p.max_angle + (p.max_angle - -p.max_angle) * u[:, 1]
@@ -92,11 +101,48 @@ def crops_from_uniforms(u: np.ndarray, W: int, H: int, p: GeomParams) -> tuple[n
         fallback = np.zeros(len(u), bool)
         t = np.minimum(1.0, np.sqrt(_max_area_np(W, H, H / W, angle) / (W * H)))
         w, h = W * t, H * t
+    return _place(u[:, 4], u[:, 5], w, h, angle, W, H) + (flip, fallback)
+
+
+def _place(ux, uy, w, h, angle, W, H):
+    """(cx, cy, w, h, angle): the crop's centre uniform over the positions that keep it inside."""
     w, h = w * (1 - 1e-12), h * (1 - 1e-12)  # keep the box strictly inside after rounding
     bw, bh = _bbox_np(w, h, angle)
-    cx = bw / 2 + u[:, 4] * np.maximum(W - bw, 0.0)
-    cy = bh / 2 + u[:, 5] * np.maximum(H - bh, 0.0)
-    return cx, cy, w, h, angle, flip, fallback
+    cx = bw / 2 + ux * np.maximum(W - bw, 0.0)
+    cy = bh / 2 + uy * np.maximum(H - bh, 0.0)
+    return cx, cy, w, h, angle
+
+
+def joint_crops_from_uniforms(u: np.ndarray, tries: np.ndarray, W, H, p: GeomParams) -> tuple[np.ndarray, ...]:
+    """``crops_from_uniforms`` with (angle, log-aspect, area) drawn jointly and rejected until they fit.
+
+    RandomResizedCrop's sampler with the angle added: try k uses the triple (u[:, 1:4] for the first,
+    ``tries[:, 3(k-1):3k]`` after: n x 3 (TRIES - 1)), the area uniform over [β, max_area] whatever the
+    aspect and angle; the first triple whose rotated box fits wins. When none of the TRIES fits, the crop
+    is RandomResizedCrop's fallback: the largest centred crop with the aspect clamped to [γ, 1/γ], angle
+    0 (``fallback``). With ``scale`` off there is nothing to reject: the conditional sampler's whole image.
+    """
+    if not p.scale:
+        return crops_from_uniforms(u, W, H, p)
+    n = len(u)
+    W, H = np.broadcast_to(W, (n,)).astype(float), np.broadcast_to(H, (n,)).astype(float)
+    t = np.concatenate([u[:, None, 1:4], tries.reshape(n, TRIES - 1, 3)], axis=1)
+    angle = -p.max_angle + 2 * p.max_angle * t[..., 0] if p.rotation else np.zeros((n, TRIES))
+    lo_r = math.log(p.aspect)
+    ratio = np.exp(lo_r - 2 * lo_r * t[..., 1])
+    area = (p.min_area + (p.max_area - p.min_area) * t[..., 2]) * (W * H)[:, None]
+    w, h = np.sqrt(area / ratio), np.sqrt(area * ratio)
+    bw, bh = _bbox_np(w, h, angle)
+    fits = (bw <= W[:, None]) & (bh <= H[:, None])
+    k, rows = fits.argmax(axis=1), np.arange(n)
+    fallback = ~fits.any(axis=1)
+    # the fallback: whole image, cut to the aspect bounds if it is more elongated than they allow
+    fw = np.where(H / W > 1 / p.aspect, W, np.minimum(W, H / p.aspect))
+    fh = np.where(H / W > 1 / p.aspect, W / p.aspect, H)
+    w, h = np.where(fallback, fw, w[rows, k]), np.where(fallback, fh, h[rows, k])
+    angle = np.where(fallback, 0.0, angle[rows, k])
+    cx, cy, w, h, angle = _place(np.where(fallback, 0.5, u[:, 4]), np.where(fallback, 0.5, u[:, 5]), w, h, angle, W, H)
+    return cx, cy, w, h, angle, u[:, 0] < p.flip_prob, fallback
 
 
 def _bbox_np(w, h, angle):
@@ -157,13 +203,31 @@ class Pyramid:
 
     def choose(self, crop: Crop, size: int) -> int:
         """Deepest level whose pitch does not exceed the patch's (geometric mean of both axes)."""
-        return max(bisect.bisect_right(self._pitch, math.sqrt(crop.w * crop.h) / size) - 1, 0)
+        return self.level_for(math.sqrt(crop.w * crop.h) / size)
+
+    def level_for(self, pitch: float) -> int:
+        """Deepest level whose pitch does not exceed ``pitch`` (source pixels per output pixel)."""
+        return max(bisect.bisect_right(self._pitch, pitch) - 1, 0)
 
     def warp(self, crop: Crop, size: int) -> tuple[np.ndarray, int]:
         """Resample the crop to an S x S x 4 patch from one level, reading only the region it needs."""
         k = self.choose(crop, size)
-        lv, (sx, sy) = self.levels[k], self.scales[k]
-        a00, a01, a02, a10, a11, a12 = _affine(crop, size, sx, sy)
+        sx, sy = self.scales[k]
+        return self._resample(k, _affine(crop, size, sx, sy), size), k
+
+    def warp_map(self, m, size: int, bicubic: bool) -> tuple[np.ndarray, int]:
+        """Resample an S x S x 4 patch through ``m`` (2 x 3, output pixel indices -> source coordinates)
+        from the level its pitch sqrt|det m| chooses."""
+        k = self.level_for(math.sqrt(abs(m[0] * m[4] - m[1] * m[3])))
+        sx, sy = self.scales[k]
+        a = [m[0] / sx, m[1] / sx, m[2] / sx, m[3] / sy, m[4] / sy, m[5] / sy]
+        return self._resample(k, a, size, cv2.INTER_CUBIC if bicubic else cv2.INTER_LINEAR), k
+
+    def _resample(self, k: int, a: list[float], size: int, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """Warp level ``k`` through ``a`` (output pixel indices -> level coordinates), reading only the
+        region the patch needs."""
+        lv = self.levels[k]
+        a00, a01, a02, a10, a11, a12 = a
         a02 -= 0.5  # level coordinates with pixel centres at integers (OpenCV's convention)
         a12 -= 0.5
         e = size - 1.0
@@ -172,8 +236,9 @@ class Pyramid:
         ys = (a12 - 0.5 * (a10 + a11), a12 + a10 * (e + 0.5) - 0.5 * a11, a12 - 0.5 * a10 + a11 * (e + 0.5),
               a12 + (a10 + a11) * (e + 0.5))
         h, w = lv.shape[:2]
-        x0, y0 = max(math.floor(min(xs)) - 1, 0), max(math.floor(min(ys)) - 1, 0)
-        x1, y1 = min(math.ceil(max(xs)) + 2, w), min(math.ceil(max(ys)) + 2, h)
+        r = 1 if interp == cv2.INTER_LINEAR else 2  # the kernel's reach beyond the sample point
+        x0, y0 = max(math.floor(min(xs)) - r, 0), max(math.floor(min(ys)) - r, 0)
+        x1, y1 = min(math.ceil(max(xs)) + r + 1, w), min(math.ceil(max(ys)) + r + 1, h)
         M = np.array([[a00, a01, a02 - x0], [a10, a11, a12 - y0]])
         # Warping a contiguous copy of the region is faster than warping the level in place (measured:
         # the rotated reads miss the cache; the row-wise copy streams). The copy goes into one reused
@@ -184,6 +249,23 @@ class Pyramid:
             self._scratch = np.empty(n, np.uint8)
         roi = self._scratch[:n].reshape(y1 - y0, x1 - x0, 4)
         np.copyto(roi, lv[y0:y1, x0:x1])
-        out = cv2.warpAffine(roi, M, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REPLICATE)
-        return out, k
+        return cv2.warpAffine(roi, M, (size, size), flags=interp | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+
+def black_outside(rgba: np.ndarray, g, side: float) -> np.ndarray:
+    """Blacken the patch where ``g`` (2 x 3: output pixel indices -> coordinates) leaves [0, side]^2.
+
+    The edge is antialiased: each axis keeps the share of a one-unit box around the point that lies
+    inside. The patch is returned unchanged (the same array) when every pixel lies inside.
+    """
+    n = rgba.shape[0]
+    px = np.array([g[2], g[0] * (n - 1) + g[2], g[1] * (n - 1) + g[2], (g[0] + g[1]) * (n - 1) + g[2]])
+    py = np.array([g[5], g[3] * (n - 1) + g[5], g[4] * (n - 1) + g[5], (g[3] + g[4]) * (n - 1) + g[5]])
+    if min(px.min(), py.min()) >= 0.5 and max(px.max(), py.max()) <= side - 0.5:  # affine: corners bound it
+        return rgba
+    i = np.arange(n, dtype=np.float64)
+    x = g[0] * i[None, :] + g[1] * i[:, None] + g[2]
+    y = g[3] * i[None, :] + g[4] * i[:, None] + g[5]
+    cover = (np.clip(np.minimum(x, side - x) + 0.5, 0, 1) * np.clip(np.minimum(y, side - y) + 0.5, 0, 1))
+    return (rgba * cover[..., None].astype(np.float32) + 0.5).astype(np.uint8)

@@ -25,8 +25,9 @@ import click
 import cv2
 import numpy as np
 
-from augment.color import Jitter, JitterParams, apply_bgr, jitters_from_uniforms
-from augment.geometry import Crop, GeomParams, Pyramid, crops_from_uniforms
+from augment import recipes
+from augment.color import Jitter, JitterParams, apply_bgr, jitter_bgr, jitters_from_uniforms
+from augment.geometry import Crop, GeomParams, Pyramid, black_outside, crops_from_uniforms
 from augment.manifest import MANIFEST, read_manifest, write_manifest
 from augment.shards import ShardInfo, sample_key, sha256_file, shard_name, write_shard
 from augment.sources import DEFAULT_MAX_PIXELS, Source, load_all
@@ -51,6 +52,7 @@ class Recipe:
     samples_per_shard: int = 1000
     geom: GeomParams = field(default_factory=GeomParams)
     jitter: JitterParams = field(default_factory=JitterParams)
+    kind: str = "paper"  # the recipe, paper | released (augment/recipes.py)
 
     @property
     def n_shards(self) -> int:
@@ -70,15 +72,16 @@ class Recipe:
                 "min_area": g.min_area, "max_area": g.max_area, "aspect": g.aspect, "max_angle": g.max_angle,
                 "flip_prob": g.flip_prob, "scale": g.scale, "rotation": g.rotation,
                 "jitter": j.enabled, "brightness": j.brightness, "contrast": j.contrast,
-                "saturation": j.saturation, "hue": j.hue}
+                "saturation": j.saturation, "hue": j.hue, **recipes.config_extra(self)}
 
     @classmethod
     def from_config(cls, c: dict) -> "Recipe":
         geom = GeomParams(c["min_area"], c["max_area"], c["aspect"], c["max_angle"], c["flip_prob"], c["scale"],
                           c["rotation"])
         jit = JitterParams(c["brightness"], c["contrast"], c["saturation"], c["hue"], c["jitter"])
+        kind, geom, jit = recipes.from_config(c, geom, jit)
         return cls(c["count"], c["size"], c["n"], c["seed"], c["image_format"], c["jpeg_quality"],
-                   c["samples_per_shard"], geom, jit)
+                   c["samples_per_shard"], geom, jit, kind)
 
 
 @dataclass(frozen=True)
@@ -147,13 +150,20 @@ class Renderer:
         r = self.recipe
         u = uniforms(r.seed, first, end)
         src = np.arange(first, end) % len(self.pyramids)
-        jit = jitters_from_uniforms(u[:, :4], r.jitter).tolist()
         W, H = self._wh[src, 0], self._wh[src, 1]
+        if not recipes.is_paper(r):  # a named variant: one Plan per sample
+            x = recipes.extra_uniforms(_philox_key(r.seed), first, end)
+            return list(zip(src.tolist(), recipes.plans(r, u, x, W, H)))
+        jit = jitters_from_uniforms(u[:, :4], r.jitter).tolist()
         cols = [c.tolist() for c in crops_from_uniforms(u[:, 4:], W, H, r.geom)]
         return [(s, Jitter(*j), Crop(*c)) for s, j, c in zip(src.tolist(), jit, zip(*cols))]
 
-    def render(self, index: int, src: int, jit: Jitter, crop: Crop) -> dict[str, bytes]:
-        """Members of sample ``index`` from its parameters: the encoded patch and the parameters as JSON."""
+    def render(self, index: int, src: int, *how) -> dict[str, bytes]:
+        """Members of sample ``index`` from its parameters (jitter and crop, or a variant's Plan): the
+        encoded patch and the parameters as JSON."""
+        if len(how) == 1:
+            return self._render_plan(index, src, how[0])
+        jit, crop = how
         r = self.recipe
         rgba, level = self.pyramids[src].warp(crop, r.size)
         data = encode(apply_bgr(rgba, jit), r.image_format, r.quality)
@@ -164,6 +174,18 @@ class Renderer:
                 f'"hue":{jit.hue!r},"index":{index},"level":{level},"saturation":{jit.saturation!r},'
                 f'"source":{self._names_json[src]},"source_index":{src}}}')
         return {r.image_format: data, "json": meta.encode()}
+
+    def _render_plan(self, index: int, src: int, plan: recipes.Plan) -> dict[str, bytes]:
+        r = self.recipe
+        if plan.crop is not None:
+            rgba, level = self.pyramids[src].warp(plan.crop, r.size)
+        else:
+            rgba, level = self.pyramids[src].warp_map(plan.matrix, r.size, recipes.INTERPOLATION[r.kind] == "bicubic")
+            rgba = black_outside(rgba, plan.inner, recipes.resized_side(r.size))  # before the jitter, as released
+        jit = plan.jitter if plan.applied else Jitter(1.0, 1.0, 1.0, 0.0)
+        data = encode(jitter_bgr(rgba, jit, plan.order, r.jitter.hue_space), r.image_format, r.quality)
+        meta = dict(plan.meta, index=index, level=level, source=self.names[src], source_index=src)
+        return {r.image_format: data, "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()}
 
     def sample(self, index: int) -> dict[str, bytes]:
         """Members of sample ``index`` (the same bytes a shard holds)."""
@@ -236,6 +258,7 @@ def check(cfg: RenderConfig) -> None:
             or not 0 <= j.hue <= 0.5:
         raise click.ClickException("jitter half-widths must be in [0, 1] (brightness/contrast/saturation), "
                                    "[0, 0.5] (hue)")
+    recipes.check(r)
     if cfg.shard_range is not None:
         i, k = cfg.shard_range
         if not 0 <= i < k <= r.n_shards:
@@ -462,7 +485,7 @@ def canonical_command(image: str, recipe: Recipe, out: str, workers: int = 1) ->
              str(recipe.count), "--size", str(recipe.size), "--seed", str(recipe.seed), "--format",
              recipe.image_format, "--quality", str(recipe.quality), "--samples-per-shard",
              str(recipe.samples_per_shard)]
-    defaults_g, defaults_j = GeomParams(), JitterParams()
+    defaults_g, defaults_j = recipes.number_defaults(recipe)
     for opt, v, d in (("--min-area", g.min_area, defaults_g.min_area), ("--max-area", g.max_area, defaults_g.max_area),
                       ("--aspect", g.aspect, defaults_g.aspect), ("--max-angle", g.max_angle, defaults_g.max_angle),
                       ("--flip", g.flip_prob, defaults_g.flip_prob),
@@ -471,6 +494,7 @@ def canonical_command(image: str, recipe: Recipe, out: str, workers: int = 1) ->
                       ("--saturation", j.saturation, defaults_j.saturation), ("--hue", j.hue, defaults_j.hue)):
         if v != d:
             words += [opt, repr(v)]
+    words += recipes.command_words(recipe)
     words += [f for f, on in (("--no-scale", not g.scale), ("--no-rotation", not g.rotation),
                               ("--no-jitter", not j.enabled)) if on]
     return shlex.join(words + ["--out", out])
