@@ -56,8 +56,9 @@ def _range(value: str | None) -> tuple[int, int] | None:
 @click.option("--no-rotation", is_flag=True, help="Ablation: angle 0 (Table 1).")
 @click.option("--no-jitter", is_flag=True, help="Ablation: no colour jitter (Table 1).")
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Decompression-bomb guard [default: 178956970].")
-@click.option("--source-cache", type=click.IntRange(1), default=SOURCE_CACHE_MIB, show_default=True,
-              help="MiB of source pyramids each process keeps (bounds memory for large N; bytes unchanged).")
+@click.option("--source-cache", type=click.IntRange(0), default=SOURCE_CACHE_MIB, show_default=True,
+              help="MiB of source pyramids each process keeps (0: only the one in use). Bounds memory for "
+                   "large N; the bytes do not change.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samples_per_shard, shard_range,
            min_area, max_area, aspect, max_angle, flip_prob, brightness, contrast, saturation, hue, no_scale,

@@ -130,7 +130,7 @@ def folder_lock(folder: str, what: str, name: str = LOCK_NAME) -> Iterator[Lock]
         os.makedirs(folder, exist_ok=True)
         got = _acquire(path)
     except OSError as e:
-        raise click.ClickException(f"{what}: cannot create the lock {path} ({describe_os_error(e, path)})") from None
+        raise click.ClickException(f"{what}: cannot create {folder} ({describe_os_error(e)})") from None
     if not isinstance(got, tuple):
         who = got.describe() if got else "another process"
         raise Busy(f"{what}: {folder} is in use by {who}; wait for it to finish (or stop it), then run again")

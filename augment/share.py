@@ -205,7 +205,7 @@ def publish_set(cfg: PublishConfig) -> str:
                                    f"{'; '.join(problems)}; re-render the set")
     card = render_card(m, cfg.public_url or cfg.dest).encode()
     left = sum(e.bytes for e in m.shards) + len(card) + len(text.encode())  # bytes still to write
-    where = _join(root, MANIFEST)
+    where = root
     try:
         _check_dest(fs, root, cfg.dest, m)
         fs.makedirs(root, exist_ok=True)
@@ -224,13 +224,10 @@ def publish_set(cfg: PublishConfig) -> str:
         _pipe(fs, where, text.encode())
     except click.ClickException:
         raise
-    except OSError as e:
-        if _is_local(fs):
+    except Exception as e:  # OSError, and object stores' own errors (credentials, permissions)
+        if isinstance(e, OSError) and _is_local(fs):
             raise click.ClickException(f"{cfg.dest}: publishing stopped; {describe_os_error(e, where, need=left)}; "
                                        f"then run the same command again (files already there are kept)") from None
-        raise click.ClickException(f"{cfg.dest}: publishing failed ({describe_error(e)}); fix the "
-                                   f"destination and run the same command again") from None
-    except Exception as e:  # object stores' own errors (credentials, permissions)
         raise click.ClickException(f"{cfg.dest}: publishing failed ({describe_error(e)}); fix the "
                                    f"destination and run the same command again") from None
     return m.id
