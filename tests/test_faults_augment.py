@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -24,8 +23,8 @@ from augment.__main__ import cli
 from augment.lock import Busy, folder_lock, read_holder
 from augment.manifest import MANIFEST, read_manifest, write_manifest
 from augment.render import Recipe, RenderConfig, render
-from augment.shards import sample_key, shard_name, write_shard
-from augment.sources import SourceCache, load, load_all
+from augment.shards import sample_key, write_shard
+from augment.sources import SourceCache, load_all
 from tests.toyset import make_toy_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
