@@ -7,7 +7,6 @@ the set's content identifier. The format is specified in ``docs/shard-format.md`
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any
 
 import click
 
-from augment.files import write_text_atomic
+from augment.files import bytes_digest, write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "single-image-ssl/shards"
@@ -95,7 +94,7 @@ def canonical_identity(data: dict[str, Any]) -> bytes:
 
 def content_id(data: dict[str, Any]) -> str:
     """Content identifier of a set: ``sis1-`` + the first 32 hex digits of sha256(canonical identity)."""
-    return ID_PREFIX + hashlib.sha256(canonical_identity(data)).hexdigest()[:32]
+    return ID_PREFIX + bytes_digest(canonical_identity(data))[:32]
 
 
 def identity_problem(m: "Manifest") -> str | None:

@@ -15,7 +15,7 @@ import click
 import numpy as np
 from PIL import Image, ImageOps
 
-from augment.files import bytes_digest, file_digest, temp_name
+from augment.files import atomic_path, bytes_digest, file_digest
 from augment.geometry import Pyramid
 
 # The paper's images (ICLR 2020 naming; the later repository swaps A and B, see ../shared/data/README.md).
@@ -94,16 +94,13 @@ def named_image(key: str) -> str:
     cached = os.path.join(cache_dir(), fname)
     if os.path.isfile(cached) and file_digest(cached) == sha:
         return cached
-    tmp = temp_name(cached)
     try:
         os.makedirs(os.path.dirname(cached), exist_ok=True)
-        download(URL.format(fname), tmp)
-        if file_digest(tmp) != sha:
-            raise OSError(f"downloaded {fname} has the wrong sha256")
-        os.replace(tmp, cached)
+        with atomic_path(cached) as tmp:
+            download(URL.format(fname), tmp)
+            if file_digest(tmp) != sha:
+                raise OSError(f"downloaded {fname} has the wrong sha256")
     except OSError as e:  # URLError is an OSError; so are disk errors in the cache
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise click.ClickException(
             f"image {key} ({fname}) is not in SOURCE_IMAGE_DIR ({env or 'unset'}) nor in {cache_dir()}, and "
             f"the download failed ({e}); set SOURCE_IMAGE_DIR to a folder holding {fname}") from None

@@ -333,6 +333,11 @@ def test_info_and_show_on_a_damaged_manifest_are_one_line(tmp_path, text):
         assert "not a shard-set manifest" in one_line_error(run(*args))
 
 
+def test_an_empty_shard_location_says_so(tmp_path):
+    with pytest.raises(Exception, match="no shard set given"):  # a trainer's missing --shards
+        read_manifest("")
+
+
 # --------------------------------------------------------------------------- full disk, unwritable outputs
 
 
