@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from augment.color import Jitter, JitterParams, apply_bgr, jitters_from_uniforms
-from augment.geometry import Crop, GeomParams, crops_from_uniforms
 from augment.files import describe_os_error, file_digest, remove_stale_temps, write_text_atomic
+from augment.geometry import Crop, GeomParams, crops_from_uniforms
 from augment.lock import folder_lock
 from augment.manifest import MANIFEST, check_shard_name, read_manifest, write_manifest
 from augment.shards import ShardInfo, sample_key, shard_name, write_shard
@@ -181,7 +181,7 @@ class Renderer:
         if self.pyramids.holds_all:  # stream: nothing to reorder
             members = (self.render(i, *p) for i, p in zip(range(first, end), params))
         else:  # grouped by source, so that each missing pyramid is built once for this shard
-            members = [{}] * len(params)
+            members: list = [None] * len(params)
             for k in self.pyramids.order([p[0] for p in params]):
                 members[k] = self.render(first + k, *params[k])
         info = write_shard(os.path.join(out, shard_name(si)), first,
