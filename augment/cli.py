@@ -10,6 +10,10 @@ from click.core import ParameterSource
 from augment.color import HUE_SPACES, JITTER_ORDERS, JitterParams
 from augment.geometry import CROP_SAMPLERS, GeomParams
 from augment.recipes import RECIPES, VARIANTS
+from augment.sources import SOURCE_CACHE_MIB
+
+UNIT = click.FloatRange(0, 1)
+UNIT_OPEN = click.FloatRange(0, 1, min_open=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,32 +33,35 @@ def _range(value: str | None) -> tuple[int, int] | None:
 
 @cli.command()
 @click.option("--image", required=True, help="A, B or C (the paper's images), an image file, or a folder.")
-@click.option("--n", "n", type=int, default=1, show_default=True, help="Number of source images N.")
-@click.option("--count", "count", type=int, default=None, help="Patches D [default: 1281167; cifar: 50000].")
-@click.option("--size", "size", type=int, default=None, help="Patch side S [default: 256; cifar: 32].")
+@click.option("--n", "n", type=click.IntRange(1), default=1, show_default=True, help="Number of source images N.")
+@click.option("--count", "count", type=click.IntRange(1), default=None, help="Patches D [default: 1281167; cifar: 50000].")
+@click.option("--size", "size", type=click.IntRange(1), default=None, help="Patch side S [default: 256; cifar: 32].")
 @click.option("--preset", type=click.Choice(["imagenet", "cifar"]), default="imagenet", show_default=True,
               help="D and S of the paper's two settings; --count/--size override.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes (whole shards each).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes (whole shards each).")
 @click.option("--out", default=None, help="Output folder [default: shards/IMG-nN-sS-dD].")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jpg", "png"]), default="auto", show_default=True,
               help="auto: png for S <= 64, jpg above.")
-@click.option("--quality", type=int, default=95, show_default=True, help="JPEG quality.")
-@click.option("--samples-per-shard", type=int, default=1000, show_default=True)
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--samples-per-shard", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--shard-range", default=None, help="I:J: render only shards I..J-1 (then `merge`).")
-@click.option("--min-area", type=float, default=GeomParams.min_area, show_default=True, help="β.")
-@click.option("--max-area", type=float, default=GeomParams.max_area, show_default=True)
-@click.option("--aspect", type=float, default=GeomParams.aspect, show_default=True, help="γ: h/w in [γ, 1/γ].")
-@click.option("--max-angle", type=float, default=GeomParams.max_angle, show_default=True, help="α range, degrees.")
-@click.option("--flip", "flip_prob", type=float, default=GeomParams.flip_prob, show_default=True)
-@click.option("--brightness", type=float, default=JitterParams.brightness, show_default=True)
-@click.option("--contrast", type=float, default=JitterParams.contrast, show_default=True)
-@click.option("--saturation", type=float, default=JitterParams.saturation, show_default=True)
-@click.option("--hue", type=float, default=JitterParams.hue, show_default=True)
+@click.option("--min-area", type=UNIT_OPEN, default=GeomParams.min_area, show_default=True, help="β.")
+@click.option("--max-area", type=UNIT_OPEN, default=GeomParams.max_area, show_default=True)
+@click.option("--aspect", type=UNIT_OPEN, default=GeomParams.aspect, show_default=True, help="γ: h/w in [γ, 1/γ].")
+@click.option("--max-angle", type=click.FloatRange(0, 90, max_open=True), default=GeomParams.max_angle, show_default=True, help="α range, degrees.")
+@click.option("--flip", "flip_prob", type=UNIT, default=GeomParams.flip_prob, show_default=True)
+@click.option("--brightness", type=UNIT, default=JitterParams.brightness, show_default=True)
+@click.option("--contrast", type=UNIT, default=JitterParams.contrast, show_default=True)
+@click.option("--saturation", type=UNIT, default=JitterParams.saturation, show_default=True)
+@click.option("--hue", type=click.FloatRange(0, 0.5), default=JitterParams.hue, show_default=True)
 @click.option("--no-scale", is_flag=True, help="Ablation: the crop is the whole image (Table 1).")
 @click.option("--no-rotation", is_flag=True, help="Ablation: angle 0 (Table 1).")
 @click.option("--no-jitter", is_flag=True, help="Ablation: no colour jitter (Table 1).")
-@click.option("--max-pixels", type=int, default=None, help="Decompression-bomb guard [default: 178956970].")
+@click.option("--max-pixels", type=click.IntRange(1), default=None, help="Decompression-bomb guard [default: 178956970].")
+@click.option("--source-cache", type=click.IntRange(0), default=SOURCE_CACHE_MIB, show_default=True,
+              help="MiB of source pyramids each process keeps (0: only the one in use). Bounds memory for "
+                   "large N; the bytes do not change.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--variant", type=click.Choice(list(VARIANTS)), default="paper", show_default=True,
               help="Sets --recipe, --crop-sampler, --hue-space, --jitter-order at once (docs/variants.md); "
@@ -80,8 +87,8 @@ def _range(value: str | None) -> tuple[int, int] | None:
               help="Released recipe: side of the first square crop / the short side [default: 0.5].")
 def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samples_per_shard, shard_range,
            min_area, max_area, aspect, max_angle, flip_prob, brightness, contrast, saturation, hue, no_scale,
-           no_rotation, no_jitter, max_pixels, quiet, variant, recipe, crop_sampler, hue_space, jitter_order,
-           jitter_prob, max_shear, init_crop) -> None:
+           no_rotation, no_jitter, max_pixels, source_cache, quiet, variant, recipe, crop_sampler, hue_space,
+           jitter_order, jitter_prob, max_shear, init_crop) -> None:
     """Render N source images into D augmented S x S patches as a shard set."""
     from augment.recipes import resolve
     from augment.render import PRESETS, Recipe, RenderConfig, canonical_command, render as run, resolve_format
@@ -101,7 +108,7 @@ def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samp
         stem = os.path.splitext(os.path.basename(os.path.normpath(image)))[0]
         out = os.path.join("shards", f"{stem}-n{n}-s{size}-d{count}")
     cfg = RenderConfig(image, out, recipe, workers, _range(shard_range), max_pixels or DEFAULT_MAX_PIXELS,
-                       not quiet, canonical_command(image, recipe, out))
+                       not quiet, canonical_command(image, recipe, out), source_cache_mib=source_cache)
     res = run(cfg)
     what = f"set {res['id']}" if res["id"] else f"piece {res['written']} (run `python -m augment merge {out}`)"
     click.echo(f"{out}: {res['rendered']} shards rendered, {res['kept']} kept; {what}")
@@ -118,9 +125,9 @@ def merge(folder) -> None:
 
 @cli.command()
 @click.argument("folder")
-@click.option("--rerender", type=int, default=0, show_default=True, help="Also re-render K random samples.")
+@click.option("--rerender", type=click.IntRange(0), default=0, show_default=True, help="Also re-render K random samples.")
 @click.option("--sources", default=None, help="File or folder holding the sources (for --rerender of non-named).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Picks the re-rendered samples.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Picks the re-rendered samples.")
 def verify(folder, rerender, sources, seed) -> None:
     """Check every shard's size, sha256 and samples against the manifest."""
     from augment.verify import VerifyConfig, verify as run
@@ -138,17 +145,23 @@ def verify(folder, rerender, sources, seed) -> None:
 @click.argument("folder")
 def info(folder) -> None:
     """Summarise a shard set (id, count, size, format, sources, shards, bytes, config)."""
-    from augment.verify import summary
+    from augment.manifest import read_manifest
+    from augment.verify import presence_problems, summary
 
-    click.echo(summary(folder))
+    m = read_manifest(folder)
+    click.echo(summary(m))
+    if problems := presence_problems(m):
+        raise click.ClickException(f"{folder}: damaged, {len(problems)} shard(s) missing or of the wrong size "
+                                   f"({'; '.join(problems[:3])}); run `python -m augment verify {folder}`, "
+                                   f"then re-render or re-fetch the set")
 
 
 @cli.command()
 @click.argument("folder")
 @click.option("--out", required=True, help="PNG file to write.")
-@click.option("--count", "k", type=int, default=64, show_default=True, help="Patches in the grid.")
-@click.option("--cols", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--count", "k", type=click.IntRange(1), default=64, show_default=True, help="Patches in the grid.")
+@click.option("--cols", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def show(folder, out, k, cols, seed) -> None:
     """Draw a grid of random patches of a set (the paper's Figs. 7-10)."""
     from augment.show import ShowConfig, show as run

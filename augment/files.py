@@ -40,6 +40,9 @@ def describe_os_error(e: OSError, path: str = "", need: int | None = None) -> st
         return f"{where}: permission denied; choose a folder you can write"
     if e.errno in (errno.ENOTDIR, errno.EEXIST) and where:
         return f"{where}: a file stands where a folder is needed; choose another path"
+    if e.errno == errno.ENOENT and where:
+        return (f"{where}: cannot be created (its folder is missing and cannot be made there, as on a pseudo "
+                f"filesystem like /proc); choose another path")
     return f"{where}: {e.strerror or e}"
 
 

@@ -7,7 +7,6 @@ the set's content identifier. The format is specified in ``docs/shard-format.md`
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
+
+from augment.files import bytes_digest, write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "single-image-ssl/shards"
@@ -93,7 +94,7 @@ def canonical_identity(data: dict[str, Any]) -> bytes:
 
 def content_id(data: dict[str, Any]) -> str:
     """Content identifier of a set: ``sis1-`` + the first 32 hex digits of sha256(canonical identity)."""
-    return ID_PREFIX + hashlib.sha256(canonical_identity(data)).hexdigest()[:32]
+    return ID_PREFIX + bytes_digest(canonical_identity(data))[:32]
 
 
 def identity_problem(m: "Manifest") -> str | None:
@@ -167,19 +168,15 @@ def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> str:
     data.setdefault("format", FORMAT)
     data.setdefault("format_version", FORMAT_VERSION)
     data["id"] = content_id(data)
-    path = os.path.join(os.fspath(folder), MANIFEST)
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(os.path.join(os.fspath(folder), MANIFEST), json.dumps(data, indent=1, sort_keys=True) + "\n")
     return data["id"]
 
 
 def _read_text(location: str) -> tuple[str, str]:
     """Return (root, manifest text) for a folder, a manifest path, or a URL of either."""
+    if not location.strip():
+        raise click.ClickException("no shard set given (the path is empty); pass --shards a folder rendered by "
+                                   "`python -m augment render`, or its URL")
     if location.endswith(MANIFEST):
         path, root = location, location[: -len(MANIFEST)].rstrip("/") or "."
     else:
@@ -202,6 +199,23 @@ def _read_text(location: str) -> tuple[str, str]:
                                    f"check the URL and that the set was published there") from None
 
 
+def check_shard_name(root: str, name: Any, source: str) -> None:
+    """Refuse a shard name that would read a file outside the set's folder (or URL prefix).
+
+    A name is one plain file name: no folder part, no ``..``, not absolute. Locally, the file it names
+    must also resolve inside the folder (a symlink pointing out is refused). Every reader of a manifest
+    (verify, info, show, merge, publish, fetch, the trainers' loaders) goes through here.
+    """
+    bad = (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+           or "\0" in name or os.path.isabs(name))
+    if not bad and not _is_url(root):
+        real_root, real = os.path.realpath(root), os.path.realpath(os.path.join(root, name))
+        bad = real == real_root or os.path.commonpath([real_root, real]) != real_root
+    if bad:
+        raise click.ClickException(f"{source}: shard {name!r} is outside the set's folder; refusing to read "
+                                   f"it (a manifest may only name files inside its own folder)")
+
+
 def parse_manifest(root: str, text: str, source: str = MANIFEST) -> Manifest:
     """Parse and check manifest text; every problem is one clear error naming ``source``."""
     try:
@@ -216,6 +230,8 @@ def parse_manifest(root: str, text: str, source: str = MANIFEST) -> Manifest:
     try:
         shards = [ShardEntry(s["name"], int(s["first"]), int(s["count"]), int(s["bytes"]), s["sha256"])
                   for s in data["shards"]]
+        for s in shards:
+            check_shard_name(root, s.name, source)
         return Manifest(root=root, id=data["id"], count=int(data["count"]), size=int(data["size"]),
                         image_format=data["image_format"], seed=int(data["seed"]), config=data["config"],
                         sources=data["sources"], shards=shards, raw=data)

@@ -27,10 +27,12 @@ import numpy as np
 
 from augment import recipes
 from augment.color import Jitter, JitterParams, apply_bgr, jitter_bgr, jitters_from_uniforms
-from augment.geometry import Crop, GeomParams, Pyramid, black_outside, crops_from_uniforms
-from augment.manifest import MANIFEST, read_manifest, write_manifest
-from augment.shards import ShardInfo, sample_key, sha256_file, shard_name, write_shard
-from augment.sources import DEFAULT_MAX_PIXELS, Source, load_all
+from augment.files import describe_os_error, file_digest, remove_stale_temps, write_text_atomic
+from augment.geometry import Crop, GeomParams, black_outside, crops_from_uniforms
+from augment.lock import folder_lock
+from augment.manifest import MANIFEST, check_shard_name, read_manifest, write_manifest
+from augment.shards import sample_key, shard_name, write_shard
+from augment.sources import DEFAULT_MAX_PIXELS, SOURCE_CACHE_MIB, Source, SourceCache, load_all
 
 JOB_DIR = ".render"
 PRESETS = {"imagenet": {"count": 1_281_167, "size": 256}, "cifar": {"count": 50_000, "size": 32}}
@@ -96,6 +98,7 @@ class RenderConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
     command: str = ""
+    source_cache_mib: int = SOURCE_CACHE_MIB  # pyramids kept per process (SourceCache)
 
 
 def resolve_format(fmt: str, size: int) -> str:
@@ -132,14 +135,16 @@ def uniforms(seed: int, first: int, end: int) -> np.ndarray:
 
 
 class Renderer:
-    """Holds the sources' pyramids; renders samples and whole shards (one per worker task)."""
+    """Holds the sources' pyramids (a bounded ``SourceCache``); renders samples and whole shards (one per
+    worker task). ``cache_bytes`` None: every pyramid is kept."""
 
-    def __init__(self, recipe: Recipe, sources: list[Source]):
+    def __init__(self, recipe: Recipe, sources: list[Source], cache_bytes: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.recipe = recipe
         self.names = [s.name for s in sources]
-        self.pyramids = [Pyramid(s.rgb, recipe.size) for s in sources]
+        self.pyramids = SourceCache(sources, recipe.size, cache_bytes, max_pixels)
         self._names_json = [json.dumps(n) for n in self.names]
-        self._wh = np.array([(p.W, p.H) for p in self.pyramids], float)
+        self._wh = np.array([(s.width, s.height) for s in sources], float)
 
     def params(self, first: int, end: int) -> list[tuple[int, Jitter, Crop]]:
         """(source, jitter, crop) of samples ``first`` .. ``end - 1``, drawn vectorised over the range.
@@ -195,18 +200,20 @@ class Renderer:
         """Write shard ``si`` atomically, then its sidecar; returns the manifest entry."""
         first, end = self.recipe.shard_span(si)
         params = self.params(first, end)
+        if self.pyramids.holds_all:  # stream: nothing to reorder
+            members = (self.render(i, *p) for i, p in zip(range(first, end), params))
+        else:  # grouped by source, so that each missing pyramid is built once for this shard
+            members: list = [None] * len(params)
+            for k in self.pyramids.order([p[0] for p in params]):
+                members[k] = self.render(first + k, *params[k])
         info = write_shard(os.path.join(out, shard_name(si)), first,
-                           ((sample_key(i), self.render(i, *p)) for i, p in zip(range(first, end), params)))
+                           ((sample_key(first + k), m) for k, m in enumerate(members)))
         _write_json(os.path.join(out, JOB_DIR, shard_name(si).replace(".tar", ".json")), info.to_json())
         return info.to_json()
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def versions() -> dict:
@@ -275,19 +282,20 @@ def _refusal(out: str, theirs: dict, ours: dict) -> click.ClickException:
                                 f"use a new --out or delete that folder")
 
 
-def prepare_out(out: str, job: dict) -> tuple[bool, bool]:
-    """Create or re-open ``out`` for ``job``; refuse a folder holding anything else.
-
-    Returns (created the folder, created the job file) so that a failed start can be undone.
-    """
-    created_dir = not os.path.exists(out)
+def check_out(out: str, job: dict) -> None:
+    """Refuse ``out`` when it holds anything but this job (another render, another set, other files)."""
     job_path = os.path.join(out, JOB_DIR, "job.json")
     if os.path.isfile(job_path):
-        with open(job_path) as f:
-            theirs = json.load(f)
-        if theirs["config"] != job["config"] or theirs["sources"] != job["sources"]:
+        try:
+            with open(job_path) as f:
+                theirs = json.load(f)
+            differs = theirs["config"] != job["config"] or theirs["sources"] != job["sources"]
+        except (ValueError, KeyError, TypeError):
+            raise click.ClickException(f"{job_path}: unreadable render bookkeeping; delete {out} or use a new "
+                                       f"--out") from None
+        if differs:
             raise _refusal(out, theirs, job)
-        return False, False
+        return
     if os.path.isfile(os.path.join(out, MANIFEST)):
         m = read_manifest(out)
         theirs = {"config": m.config, "sources": m.sources}
@@ -295,18 +303,14 @@ def prepare_out(out: str, job: dict) -> tuple[bool, bool]:
             raise _refusal(out, theirs, job)
     elif os.path.isdir(out) and set(os.listdir(out)) - {JOB_DIR}:
         raise click.ClickException(f"--out {out} is not empty and holds no render; use an empty or new folder")
-    try:
-        os.makedirs(os.path.join(out, JOB_DIR), exist_ok=True)
-    except OSError as e:
-        raise click.ClickException(f"--out {out}: cannot create the folder ({e.strerror}); "
-                                   f"choose a writable location") from None
-    try:
+
+
+def prepare_out(out: str, job: dict) -> None:
+    """Check ``out`` again (under the lock: another run may have just started) and write the job file."""
+    check_out(out, job)
+    job_path = os.path.join(out, JOB_DIR, "job.json")
+    if not os.path.isfile(job_path):
         _write_json(job_path, job)
-    except OSError as e:
-        _undo_start(out, created_dir, True)
-        raise click.ClickException(f"--out {out}: cannot write ({e.strerror}); choose a writable location "
-                                   f"with free space") from None
-    return created_dir, True
 
 
 def _undo_start(out: str, created_dir: bool, created_job: bool) -> None:
@@ -335,7 +339,7 @@ def shard_complete(out: str, recipe: Recipe, si: int) -> dict | None:
     first, end = recipe.shard_span(si)
     if (info.get("first"), info.get("count")) != (first, end - first) or os.path.getsize(tar) != info.get("bytes"):
         return None
-    return info if sha256_file(tar) == info.get("sha256") else None
+    return info if file_digest(tar) == info.get("sha256") else None
 
 
 _RENDERER: Renderer | None = None
@@ -395,35 +399,44 @@ def render(cfg: RenderConfig) -> dict:
     """
     check(cfg)
     r = cfg.recipe
-    sources = load_all(cfg.image, r.n, r.seed, cfg.max_pixels)
+    budget = cfg.source_cache_mib << 20
+    sources = load_all(cfg.image, r.n, r.seed, cfg.max_pixels, budget)
     job = {"config": r.to_config(), "sources": [s.record() for s in sources]}
-    out = cfg.out
-    created_dir, created_job = prepare_out(out, job)
+    out, jdir = cfg.out, os.path.join(cfg.out, JOB_DIR)
+    check_out(out, job)  # a foreign folder is refused before anything is created in it
+    created_dir = not os.path.exists(out)
     lo, hi = cfg.shard_range or (0, r.n_shards)
-    kept = {si: info for si in range(lo, hi) if (info := shard_complete(out, r, si))}
-    todo = [si for si in range(lo, hi) if si not in kept]
-    try:
-        if todo:
-            for stale in glob.glob(os.path.join(out, "*.partial")):
+    with folder_lock(jdir, f"render into {out}"):
+        created_job = not os.path.isfile(os.path.join(jdir, "job.json"))
+        try:
+            prepare_out(out, job)
+            # Under the lock no other render writes here: temporary files are a dead run's.
+            for stale in glob.glob(os.path.join(out, "*.partial")):  # older versions' names
                 os.remove(stale)
-            renderer = Renderer(r, sources)
-            del sources  # the pyramids are what the workers need
-            kept.update((d["first"] // r.samples_per_shard, d) for d in
-                        run_shards(renderer, out, todo, cfg.workers, cfg.progress))
-        shards = [kept[si] for si in range(lo, hi)]
-        if (lo, hi) == (0, r.n_shards):
-            set_id = write_manifest(out, manifest_data(job, shards, cfg.command))
-            written = MANIFEST
-        else:
-            set_id = None
-            written = piece_name(lo, hi)
-            _write_json(os.path.join(out, written), {"job": job, "range": [lo, hi], "n_shards": r.n_shards,
-                                                     "shards": shards, "command": cfg.command})
-    except OSError as e:
-        if created_job and not any(os.path.isfile(os.path.join(out, shard_name(s))) for s in range(lo, hi)):
-            _undo_start(out, created_dir, created_job)
-        raise click.ClickException(f"--out {out}: cannot write ({e.strerror or e}); free space or choose "
-                                   f"another --out, then re-run the same command to resume") from None
+            remove_stale_temps(out)
+            remove_stale_temps(jdir)
+            kept = {si: info for si in range(lo, hi) if (info := shard_complete(out, r, si))}
+            todo = [si for si in range(lo, hi) if si not in kept]
+            if todo:
+                renderer = Renderer(r, sources, budget, cfg.max_pixels)
+                del sources  # the pyramids are what the workers need
+                kept.update((d["first"] // r.samples_per_shard, d) for d in
+                            run_shards(renderer, out, todo, cfg.workers, cfg.progress))
+            shards = [kept[si] for si in range(lo, hi)]
+            if (lo, hi) == (0, r.n_shards):
+                set_id = write_manifest(out, manifest_data(job, shards, cfg.command))
+                written = MANIFEST
+            else:
+                set_id = None
+                written = piece_name(lo, hi)
+                _write_json(os.path.join(out, written), {"job": job, "range": [lo, hi], "n_shards": r.n_shards,
+                                                         "shards": shards, "command": cfg.command})
+        except OSError as e:
+            if created_job and not any(os.path.isfile(os.path.join(out, shard_name(s))) for s in range(lo, hi)):
+                _undo_start(out, created_dir, created_job)
+            why = describe_os_error(e, e.filename or os.path.join(out, MANIFEST))
+            raise click.ClickException(f"--out {out}: cannot write; {why}; then run the same command again to "
+                                       f"resume (complete shards are kept)") from None
     return {"out": out, "id": set_id, "written": written, "rendered": len(todo), "kept": hi - lo - len(todo),
             "shards": hi - lo}
 
@@ -434,33 +447,43 @@ def merge(out: str) -> str:
     if not pieces:
         raise click.ClickException(f"{out}: no manifest.part-*.json pieces to merge; render with --shard-range "
                                    f"into this folder first")
+    with folder_lock(os.path.join(out, JOB_DIR), f"merge {out}"):
+        job, by_index, n, command = _combine(out, pieces)
+        missing = [si for si in range(n) if si not in by_index]
+        if missing:
+            spans = ", ".join(shard_name(si) for si in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise click.ClickException(f"{out}: {len(missing)} of {n} shards have no piece ({spans}); render "
+                                       f"their --shard-range, then merge again")
+        for si, s in sorted(by_index.items()):
+            path = os.path.join(out, s["name"])
+            if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"]:
+                raise click.ClickException(f"{path}: missing or not the size its piece records; re-render its "
+                                           f"--shard-range, then merge again")
+        return write_manifest(out, manifest_data(job, [by_index[si] for si in range(n)], command))
+
+
+def _combine(out: str, pieces: list[str]) -> tuple[dict, dict[int, dict], int, str]:
+    """(job, shard entries by index, shard count, command) of the pieces; refuses malformed pieces,
+    pieces of different jobs and shard names outside ``out``."""
     loaded = []
     for p in pieces:
         try:
             with open(p) as f:
-                loaded.append(json.load(f))
-        except ValueError as e:
-            raise click.ClickException(f"{p}: unreadable piece ({e}); re-run that --shard-range job") from None
-    job = loaded[0]["job"]
-    by_index: dict[int, dict] = {}
-    for p, piece in zip(pieces, loaded):
+                piece = json.load(f)
+            per = int(piece["job"]["config"]["samples_per_shard"])
+            for s in piece["shards"]:
+                check_shard_name(out, s["name"], p)
+                int(s["bytes"])
+            loaded.append((p, piece, {int(s["first"]) // per: s for s in piece["shards"]}, int(piece["n_shards"])))
+        except (ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+            raise click.ClickException(f"{p}: unreadable piece ({type(e).__name__}: {e}); re-run that "
+                                       f"--shard-range job") from None
+    job, by_index = loaded[0][1]["job"], {}
+    for p, piece, entries, _ in loaded:
         if piece["job"] != job:
             raise _refusal(f"{out} ({os.path.basename(p)})", piece["job"], job)
-        for s in piece["shards"]:
-            by_index[s["first"] // job["config"]["samples_per_shard"]] = s
-    n = loaded[0]["n_shards"]
-    missing = [si for si in range(n) if si not in by_index]
-    if missing:
-        spans = ", ".join(shard_name(si) for si in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise click.ClickException(f"{out}: {len(missing)} of {n} shards have no piece ({spans}); render "
-                                   f"their --shard-range, then merge again")
-    for si, s in sorted(by_index.items()):
-        path = os.path.join(out, s["name"])
-        if not os.path.isfile(path) or os.path.getsize(path) != s["bytes"]:
-            raise click.ClickException(f"{path}: missing or not the size its piece records; re-render its "
-                                       f"--shard-range, then merge again")
-    command = _strip_range(loaded[0].get("command", ""))
-    return write_manifest(out, manifest_data(job, [by_index[si] for si in range(n)], command))
+        by_index.update(entries)
+    return job, by_index, loaded[0][3], _strip_range(loaded[0][1].get("command", ""))
 
 
 def _strip_range(command: str) -> str:

@@ -2,7 +2,8 @@
 
 Every byte of a shard is a function of its samples: members carry a fixed mtime, owner and mode, appear
 in sample order with each sample's members adjacent, and the tar is written under a temporary name and
-renamed only once complete, so a crash never leaves a truncated ``.tar`` under a final name.
+renamed only once complete (``augment.files.atomic_path``), so a crash never leaves a truncated ``.tar``
+under a final name.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from augment.files import atomic_path
+
 SHARD_NAME = "shard-{:06d}.tar"
-TMP_SUFFIX = ".partial"
 # 2000-01-01T00:00:00Z: a fixed, non-zero mtime (some tools treat 0 as "unknown").
 FIXED_MTIME = 946684800
 
@@ -109,7 +111,6 @@ def write_shard(path: str | os.PathLike, first: int,
     Members of a sample are written in sorted extension order (``.jpg`` before ``.json``).
     """
     path = os.fspath(path)
-    tmp = path + TMP_SUFFIX
     count = 0
 
     def counted():
@@ -118,24 +119,8 @@ def write_shard(path: str | os.PathLike, first: int,
             count += 1
             yield item
 
-    try:
-        with open(tmp, "wb", buffering=1 << 20) as f:
-            w = _HashingWriter(f)
-            size = tar_bytes_for(counted(), w)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
+        w = _HashingWriter(f)
+        size = tar_bytes_for(counted(), w)
     return ShardInfo(os.path.basename(path), first, count, size, w.sha.hexdigest())
 
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

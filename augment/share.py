@@ -7,6 +7,7 @@ The manifest is written last on both sides, so a folder holding ``manifest.json`
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,12 +20,15 @@ import click
 from tqdm import tqdm
 
 from augment.cli import cli
+from augment.files import TMP_MARK, atomic_write, describe_os_error, file_digest, remove_stale_temps, write_text_atomic
+from augment.lock import folder_lock
 from augment.manifest import (DISK_FULL, MANIFEST, Manifest, ShardEntry, check_identity, describe_error,
                               open_location, read_manifest_text)
-from augment.shards import TMP_SUFFIX, sha256_file
 
 CARD = "CARD.md"
 CHUNK = 1 << 20
+TMP_SUFFIX = ".partial"  # a shard being downloaded: kept across runs, so that the next fetch resumes it
+FETCH_DIR = ".fetch"     # while fetching: the lock and the identifier of the set being fetched
 PAPER_BIBTEX = """@inproceedings{asano2020critical,
   title     = {A critical analysis of self-supervision, or what we can learn from a single image},
   author    = {Asano, Yuki M. and Rupprecht, Christian and Vedaldi, Andrea},
@@ -54,7 +58,7 @@ def verify_shards(m: Manifest, progress: bool = True) -> list[str]:
                 problems.append(f"{e.name}: missing")
             elif os.path.getsize(path) != e.bytes:
                 problems.append(f"{e.name}: {os.path.getsize(path)} bytes, manifest says {e.bytes}")
-            elif sha256_file(path) != e.sha256:
+            elif file_digest(path) != e.sha256:
                 problems.append(f"{e.name}: sha256 differs from the manifest")
             bar.update(e.bytes)
     return problems
@@ -150,6 +154,40 @@ def _check_dest(fs, root: str, dest: str, m: Manifest) -> None:
                                    f"empty destination")
 
 
+def _is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _put(fs, src: str, dst: str) -> None:
+    """Copy a local file to ``dst``; on a local destination atomically (a full disk leaves no partial file
+    and keeps what was there)."""
+    if not _is_local(fs):
+        fs.put_file(src, dst)
+        return
+    with open(src, "rb") as i, atomic_write(dst) as o:
+        shutil.copyfileobj(i, o, CHUNK)
+
+
+def _pipe(fs, dst: str, data: bytes) -> None:
+    """Write ``data`` to ``dst``; on a local destination atomically."""
+    if not _is_local(fs):
+        fs.pipe_file(dst, data)
+        return
+    with atomic_write(dst) as o:
+        o.write(data)
+
+
+def _check_local_space(root: str, dest: str, m: Manifest, extra: int) -> None:
+    """Refuse before copying when the destination folder cannot hold the shards it lacks."""
+    need = extra + sum(e.bytes for e in m.shards if not os.path.isfile(os.path.join(root, e.name)))
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise click.ClickException(f"{dest}: needs about {need:,} bytes but {free:,} are free in {root}; free "
+                                   f"some space or publish elsewhere")
+
+
 def publish_set(cfg: PublishConfig) -> str:
     """Verify a local set, copy it to ``cfg.dest`` (any fsspec URL), write CARD.md; returns the id.
 
@@ -165,19 +203,31 @@ def publish_set(cfg: PublishConfig) -> str:
     if problems:
         raise click.ClickException(f"{cfg.set}: not published, {len(problems)} shard(s) fail verification: "
                                    f"{'; '.join(problems)}; re-render the set")
+    card = render_card(m, cfg.public_url or cfg.dest).encode()
+    left = sum(e.bytes for e in m.shards) + len(card) + len(text.encode())  # bytes still to write
+    where = root
     try:
         _check_dest(fs, root, cfg.dest, m)
         fs.makedirs(root, exist_ok=True)
+        if _is_local(fs):
+            _check_local_space(root, cfg.dest, m, len(card) + len(text.encode()))
         with tqdm(total=sum(e.bytes for e in m.shards), unit="B", unit_scale=True, desc="publish",
                   disable=not cfg.progress) as bar:
             for e in m.shards:
-                fs.put_file(m.shard_path(e), _join(root, e.name))
+                where = _join(root, e.name)
+                _put(fs, m.shard_path(e), where)
+                left -= e.bytes
                 bar.update(e.bytes)
-        fs.pipe_file(_join(root, CARD), render_card(m, cfg.public_url or cfg.dest).encode())
-        fs.pipe_file(_join(root, MANIFEST), text.encode())
+        where = _join(root, CARD)
+        _pipe(fs, where, card)
+        where = _join(root, MANIFEST)
+        _pipe(fs, where, text.encode())
     except click.ClickException:
         raise
     except Exception as e:  # OSError, and object stores' own errors (credentials, permissions)
+        if isinstance(e, OSError) and _is_local(fs):
+            raise click.ClickException(f"{cfg.dest}: publishing stopped; {describe_os_error(e, where, need=left)}; "
+                                       f"then run the same command again (files already there are kept)") from None
         raise click.ClickException(f"{cfg.dest}: publishing failed ({describe_error(e)}); fix the "
                                    f"destination and run the same command again") from None
     return m.id
@@ -222,7 +272,8 @@ class ShardFailed(Exception):
 
 def _check_names(m: Manifest, source: str) -> None:
     names = [e.name for e in m.shards]
-    bad = [n for n in names if not _SAFE_NAME.match(n) or n in (MANIFEST, CARD) or n.endswith(TMP_SUFFIX)]
+    bad = [n for n in names if not _SAFE_NAME.match(n) or n in (MANIFEST, CARD) or n.endswith(TMP_SUFFIX)
+           or TMP_MARK in n]
     if bad or len(set(names)) != len(names):
         raise click.ClickException(f"{source}: not a shard-set manifest (unsafe or repeated shard name "
                                    f"{(bad or names)[0]!r}); refusing to write it")
@@ -287,7 +338,7 @@ class _Fetcher:
         self._download(e, partial)
         if os.path.getsize(partial) != e.bytes:
             raise ShardFailed(f"{os.path.getsize(partial)} bytes, manifest says {e.bytes}", keep=False)
-        if sha256_file(partial) != e.sha256:
+        if file_digest(partial) != e.sha256:
             raise ShardFailed("sha256 differs from the manifest", keep=False)
         os.replace(partial, final)
 
@@ -318,28 +369,30 @@ def _local_done(cfg: FetchConfig, m: Manifest) -> set[str]:
     done = set()
     for e in m.shards:
         path = os.path.join(cfg.out, e.name)
-        if os.path.isfile(path) and os.path.getsize(path) == e.bytes and sha256_file(path) == e.sha256:
+        if os.path.isfile(path) and os.path.getsize(path) == e.bytes and file_digest(path) == e.sha256:
             done.add(e.name)
         elif os.path.exists(path):
             os.remove(path)  # a damaged shard under a final name is worse than none
     return done
 
 
-def _prepare_out(cfg: FetchConfig, m: Manifest, manifest_url: str) -> None:
-    local = os.path.join(cfg.out, MANIFEST)
-    if os.path.isfile(local):
+def _refuse_foreign(cfg: FetchConfig, m: Manifest, manifest_url: str) -> None:
+    """Refuse a folder holding anything but this set, complete or being fetched (by its marker)."""
+    local, marker = os.path.join(cfg.out, MANIFEST), os.path.join(cfg.out, FETCH_DIR, "set")
+    if os.path.isfile(local) or os.path.isfile(marker):
         try:
-            with open(local) as f:
+            with open(local if os.path.isfile(local) else marker) as f:
                 other = json.load(f).get("id")
-        except ValueError:
+        except (OSError, ValueError, AttributeError):
             other = "an unreadable manifest"
         if other != m.id:
-            raise click.ClickException(f"{cfg.out}: already holds another set ({other}); fetch "
-                                       f"{manifest_url} into an empty folder")
-    try:
-        os.makedirs(cfg.out, exist_ok=True)
-    except OSError as e:
-        raise click.ClickException(f"{cfg.out}: cannot create the folder ({describe_error(e)})") from None
+            what = "another set" if os.path.isfile(local) else "an interrupted fetch of another set"
+            raise click.ClickException(f"{cfg.out}: already holds {what} ({other}); fetch {manifest_url} "
+                                       f"into an empty folder")
+    elif os.path.isdir(cfg.out) and (foreign := sorted(set(os.listdir(cfg.out)) - {FETCH_DIR})):
+        raise click.ClickException(f"{cfg.out}: not empty and holds no copy of {m.id} (it holds "
+                                   f"{foreign[0]!r}{' ...' if len(foreign) > 1 else ''}); fetch into an "
+                                   f"empty or new folder")
 
 
 def _check_space(cfg: FetchConfig, need: int) -> None:
@@ -349,22 +402,13 @@ def _check_space(cfg: FetchConfig, need: int) -> None:
                                    f"space or fetch elsewhere")
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = path + TMP_SUFFIX
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fetch_card(cfg: FetchConfig, root: str) -> None:
     """Copy CARD.md when the publisher wrote one; a set is complete without it."""
     try:
         stream, _ = open_location(_join(root, CARD) if "://" in root else os.path.join(root, CARD),
                                   timeout=cfg.timeout)
         with stream:
-            _write_text(os.path.join(cfg.out, CARD), stream.read().decode("utf-8", errors="replace"))
+            write_text_atomic(os.path.join(cfg.out, CARD), stream.read().decode("utf-8", errors="replace"))
     except Exception:  # noqa: BLE001  optional file: absent or unreadable is not an error
         pass
 
@@ -385,7 +429,27 @@ def fetch_set(cfg: FetchConfig) -> Manifest:
     if cfg.expect and cfg.expect != m.id:
         raise click.ClickException(f"{manifest_url}: set is {m.id}, not the expected {cfg.expect}; "
                                    f"nothing downloaded (check the URL or the --expect identifier)")
-    _prepare_out(cfg, m, manifest_url)
+    _refuse_foreign(cfg, m, manifest_url)  # before anything is created in the folder
+    jdir = os.path.join(cfg.out, FETCH_DIR)
+    with folder_lock(jdir, f"fetch into {cfg.out}"):
+        _refuse_foreign(cfg, m, manifest_url)  # again under the lock: another fetch may have just started
+        remove_stale_temps(cfg.out)
+        remove_stale_temps(jdir)
+        try:
+            write_text_atomic(os.path.join(jdir, "set"), json.dumps({"id": m.id, "url": cfg.url}) + "\n")
+        except OSError as e:
+            raise click.ClickException(f"{cfg.out}: cannot write; {describe_os_error(e)}") from None
+        _download_all(cfg, m)
+        _fetch_card(cfg, m.root)
+        write_text_atomic(os.path.join(cfg.out, MANIFEST), text)
+        os.remove(os.path.join(jdir, "set"))
+    with contextlib.suppress(OSError):
+        os.rmdir(jdir)
+    return m
+
+
+def _download_all(cfg: FetchConfig, m: Manifest) -> None:
+    """Fetch every shard not already complete in ``cfg.out`` (parallel, checked, resumable)."""
     done = _local_done(cfg, m)
     todo = [e for e in m.shards if e.name not in done]
     partial_bytes = sum(min(os.path.getsize(p), e.bytes) for e in todo
@@ -411,9 +475,6 @@ def fetch_set(cfg: FetchConfig) -> Manifest:
                                    f"attempts: {'; '.join(failures)}; " + (
                                        "the copy on the server is damaged: ask the publisher to re-publish"
                                        if damaged else "run the same command again to resume"))
-    _fetch_card(cfg, m.root)
-    _write_text(os.path.join(cfg.out, MANIFEST), text)
-    return m
 
 
 @cli.command()

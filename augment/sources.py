@@ -6,14 +6,17 @@ greyscale and the rest through PIL's own conversion to RGB.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 import click
 import numpy as np
 from PIL import Image, ImageOps
+
+from augment.files import atomic_path, bytes_digest, file_digest
+from augment.geometry import Pyramid
 
 # The paper's images (ICLR 2020 naming; the later repository swaps A and B, see ../shared/data/README.md).
 NAMED = {
@@ -25,29 +28,44 @@ URL = "https://github.com/yukimasano/single_img_pretraining/raw/master/images/{}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 # PIL's own hard limit (2x MAX_IMAGE_PIXELS): beyond this a file is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
+# Pyramids each render process keeps (MiB). With its interpreter and one shard's patches a worker then
+# stays below 1 GiB whatever N is (docs/benchmarks.md).
+SOURCE_CACHE_MIB = 512
 
 
 @dataclass(frozen=True)
 class Source:
-    """One decoded source image: ``name`` is what samples record, ``rgb`` is H x W x 3 uint8."""
+    """One decoded source image: ``name`` is what samples record, ``rgb`` is H x W x 3 uint8.
+
+    ``rgb`` is None for a source that was decoded, checked and recorded but whose pixels were not kept
+    (``load_all`` with a budget); ``width`` and ``height`` are filled from ``rgb`` when it is given.
+    """
 
     name: str
     path: str
     sha256: str
     named: str | None
     mode: str
-    rgb: np.ndarray
+    rgb: np.ndarray | None
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self):
+        if self.rgb is not None:
+            object.__setattr__(self, "height", self.rgb.shape[0])
+            object.__setattr__(self, "width", self.rgb.shape[1])
 
     def record(self) -> dict:
-        h, w = self.rgb.shape[:2]
-        rec = {"name": self.name, "sha256": self.sha256, "width": w, "height": h, "mode": self.mode}
+        rec = {"name": self.name, "sha256": self.sha256, "width": self.width, "height": self.height,
+               "mode": self.mode}
         if self.named:
             rec["named"] = self.named
         return rec
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def pyramid_bytes(width: int, height: int) -> int:
+    """Upper bound of a source's pyramid: RGBA level 0 plus levels of half the area each (4 x 2 bytes/px)."""
+    return 8 * width * height
 
 
 def cache_dir() -> str:
@@ -62,11 +80,6 @@ def download(url: str, dest: str) -> None:
         f.write(r.read())
 
 
-def _file_sha(path: str) -> str:
-    with open(path, "rb") as f:
-        return sha256_bytes(f.read())
-
-
 def named_image(key: str) -> str:
     """Path of named image ``key``: ``$SOURCE_IMAGE_DIR``, then the user cache, then a checked download."""
     fname, sha = NAMED[key]
@@ -74,23 +87,20 @@ def named_image(key: str) -> str:
     if env:
         path = os.path.join(env, fname)
         if os.path.isfile(path):
-            if _file_sha(path) != sha:
+            if file_digest(path) != sha:
                 raise click.ClickException(f"{path}: sha256 differs from image {key}'s; replace it with the "
                                            f"authors' {fname} or point SOURCE_IMAGE_DIR elsewhere")
             return path
     cached = os.path.join(cache_dir(), fname)
-    if os.path.isfile(cached) and _file_sha(cached) == sha:
+    if os.path.isfile(cached) and file_digest(cached) == sha:
         return cached
-    tmp = cached + ".partial"
     try:
         os.makedirs(os.path.dirname(cached), exist_ok=True)
-        download(URL.format(fname), tmp)
-        if _file_sha(tmp) != sha:
-            raise OSError(f"downloaded {fname} has the wrong sha256")
-        os.replace(tmp, cached)
+        with atomic_path(cached) as tmp:
+            download(URL.format(fname), tmp)
+            if file_digest(tmp) != sha:
+                raise OSError(f"downloaded {fname} has the wrong sha256")
     except OSError as e:  # URLError is an OSError; so are disk errors in the cache
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise click.ClickException(
             f"image {key} ({fname}) is not in SOURCE_IMAGE_DIR ({env or 'unset'}) nor in {cache_dir()}, and "
             f"the download failed ({e}); set SOURCE_IMAGE_DIR to a folder holding {fname}") from None
@@ -188,12 +198,85 @@ def load(name: str, path: str, named: str | None = None, max_pixels: int = DEFAU
         Image.MAX_IMAGE_PIXELS = old
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise click.ClickException(f"{path}: image has no pixels; pass a valid image")
-    return Source(name, path, sha256_bytes(data), named, mode, rgb)
+    return Source(name, path, bytes_digest(data), named, mode, rgb)
 
 
-def load_all(image: str, n: int, seed: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Source]:
-    """Resolve ``--image``/``--n`` and decode every chosen source (fails before anything is written)."""
-    return [load(name, path, named, max_pixels) for name, path, named in resolve(image, n, seed)]
+def load_all(image: str, n: int, seed: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+             keep_bytes: int | None = None) -> list[Source]:
+    """Resolve ``--image``/``--n`` and decode every chosen source (fails before anything is written).
+
+    Every source is decoded, checked and recorded; its pixels are kept only while the kept sources'
+    pyramids fit in ``keep_bytes`` (None: all are kept). ``SourceCache`` decodes the others again where
+    they are used, so memory does not grow with N.
+    """
+    out, kept = [], 0
+    for name, path, named in resolve(image, n, seed):
+        src = load(name, path, named, max_pixels)
+        need = pyramid_bytes(src.width, src.height)
+        if keep_bytes is not None and kept + need > keep_bytes:
+            src = replace(src, rgb=None)
+        else:
+            kept += need
+        out.append(src)
+    return out
+
+
+class SourceCache:
+    """The sources' pyramids, built on first use and kept within ``budget`` bytes (least recently used
+    out first; None: no bound). Always holds at least the pyramid in use.
+
+    A source that is not resident is decoded again from its file, which must still have the sha256
+    recorded when the render started. Samples cycle through the sources (source = index mod N), where
+    plain LRU would miss every time; ``order`` therefore renders a shard's samples resident sources
+    first, then grouped by source, so each missing source is decoded at most once per shard. A sample's
+    bytes depend on its pyramid only, never on the budget or the order.
+    """
+
+    def __init__(self, sources: list[Source], size: int, budget: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.sources = [replace(s, rgb=None) for s in sources]  # records: the pixels live in the pyramids
+        self.size, self.budget, self.max_pixels = size, budget, max_pixels
+        self._resident: OrderedDict[int, Pyramid] = OrderedDict()
+        self._bytes = 0
+        for i, s in enumerate(sources):
+            if s.rgb is not None and (budget is None or self._bytes + pyramid_bytes(s.width, s.height) <= budget):
+                self._put(i, Pyramid(s.rgb, size))
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def holds_all(self) -> bool:
+        """True when every source is resident (nothing will ever be decoded again)."""
+        return len(self._resident) == len(self.sources)
+
+    def __getitem__(self, i: int) -> Pyramid:
+        """The pyramid of source ``i`` (decoded and built again if it is not resident)."""
+        p = self._resident.get(i)
+        if p is None:
+            p = self._load(i)
+            self._put(i, p)
+        else:
+            self._resident.move_to_end(i)
+        return p
+
+    def order(self, srcs: list[int]) -> list[int]:
+        """Positions of ``srcs`` (one shard's sources) in render order: resident first, then by source."""
+        return sorted(range(len(srcs)), key=lambda k: (srcs[k] not in self._resident, srcs[k]))
+
+    def _put(self, i: int, p: Pyramid) -> None:
+        while self._resident and self.budget is not None and self._bytes + p.nbytes > self.budget:
+            self._bytes -= self._resident.popitem(last=False)[1].nbytes
+        self._resident[i] = p
+        self._bytes += p.nbytes
+
+    def _load(self, i: int) -> Pyramid:
+        s = self.sources[i]
+        again = load(s.name, s.path, s.named, self.max_pixels)
+        if again.sha256 != s.sha256:
+            raise click.ClickException(f"{s.path}: changed since the render started (sha256 differs); restore "
+                                       f"it and run the same command again (complete shards are kept)")
+        return Pyramid(again.rgb, self.size)
 
 
 def find_source(record: dict, search: str | None) -> str:
@@ -203,10 +286,10 @@ def find_source(record: dict, search: str | None) -> str:
     if search:
         candidates = [search] if os.path.isfile(search) else list_images(search) if os.path.isdir(search) else []
         for p in candidates:
-            if os.path.basename(p) == os.path.basename(record["name"]) and _file_sha(p) == record["sha256"]:
+            if os.path.basename(p) == os.path.basename(record["name"]) and file_digest(p) == record["sha256"]:
                 return p
         for p in candidates:
-            if _file_sha(p) == record["sha256"]:
+            if file_digest(p) == record["sha256"]:
                 return p
     raise click.ClickException(f"source {record['name']} (sha256 {record['sha256'][:12]}...) not found; pass "
                                f"--sources FILE_OR_FOLDER holding it")

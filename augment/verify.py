@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from augment.manifest import Manifest, ShardEntry, read_manifest, identity_problem
-from augment.shards import sample_key, sha256_file
+from augment.files import file_digest
+from augment.manifest import Manifest, ShardEntry, identity_problem, read_manifest
+from augment.shards import sample_key
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def check_shard(m: Manifest, entry: ShardEntry) -> str | None:
     size = os.path.getsize(path)
     if size != entry.bytes:
         return f"{entry.name}: damaged ({size} bytes, manifest says {entry.bytes})"
-    if sha256_file(path) != entry.sha256:
+    if file_digest(path) != entry.sha256:
         return f"{entry.name}: damaged (sha256 differs from the manifest)"
     bad = check_members(path, entry, m.image_format)
     return f"{entry.name}: {bad}" if bad else None
@@ -89,25 +90,18 @@ def verify(cfg: VerifyConfig) -> Report:
     """Check every shard (presence, size, sha256, members) and optionally re-render samples."""
     m = read_manifest(cfg.folder)
     rep = Report(shards=len(m.shards), samples=sum(s.count for s in m.shards))
-    try:  # the id check lives in manifest.py (sharing); older copies of it lack the function
-        from augment.manifest import identity_problem
-    except ImportError:
-        identity_problem = None
-    if identity_problem and (bad_id := identity_problem(m)):
+    if bad_id := identity_problem(m):  # a hand-edited manifest: its id no longer proves its bytes
         rep.problems.append(f"manifest.json: {bad_id}")
         rep.lines.append(rep.problems[-1])
     if rep.samples != m.count:
         rep.problems.append(f"manifest: shards hold {rep.samples} samples but count is {m.count}")
-    identity = identity_problem(m)  # a hand-edited manifest: its id no longer proves its bytes (issue 7)
-    if identity:
-        rep.problems.append(f"manifest: {identity}")
     for entry in m.shards:
         problem = check_shard(m, entry)
         if problem:
             rep.problems.append(problem)
             rep.lines.append(problem)
     listed = {s.name for s in m.shards}
-    extra = sorted(f for f in os.listdir(cfg.folder) if f.endswith(".tar") and f not in listed)
+    extra = sorted(f for f in os.listdir(m.root) if f.endswith(".tar") and f not in listed)
     rep.lines += [f"{f}: not in the manifest (ignored)" for f in extra]
     if cfg.rerender > 0 and not rep.problems:
         bad = rerender(m, cfg.rerender, cfg.sources, cfg.seed)
@@ -116,12 +110,35 @@ def verify(cfg: VerifyConfig) -> Report:
     return rep
 
 
-def summary(folder: str) -> str:
-    """A human-readable summary of a set: identity, shape, sources, shards, bytes, config, versions."""
-    m = read_manifest(folder)
+def count_runs(counts: list[int]) -> str:
+    """Shard sizes as runs in order: ``3 x 1,000 + 1 x 500`` (one term per change of size)."""
+    runs: list[list[int]] = []
+    for c in counts:
+        if runs and runs[-1][1] == c:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, c])
+    return " + ".join(f"{k:,} x {c:,}" for k, c in runs) or "none"
+
+
+def presence_problems(m: Manifest) -> list[str]:
+    """Shards that are missing or not their manifest size (cheap: no reading, no hashing)."""
+    problems = []
+    for e in m.shards:
+        path = m.shard_path(e)
+        if not os.path.isfile(path):
+            problems.append(f"{e.name}: missing")
+        elif os.path.getsize(path) != e.bytes:
+            problems.append(f"{e.name}: {os.path.getsize(path):,} bytes, manifest says {e.bytes:,}")
+    return problems
+
+
+def summary(m: Manifest) -> str:
+    """A human-readable summary of a set: identity, shape, sources, shards (their true counts), bytes,
+    config, versions."""
     total = sum(s.bytes for s in m.shards)
     lines = [f"id       {m.id}", f"count    {m.count:,} patches of {m.size}x{m.size} {m.image_format}",
-             f"seed     {m.seed}", f"shards   {len(m.shards)} ({m.raw.get('samples_per_shard', '?')} samples each), "
+             f"seed     {m.seed}", f"shards   {len(m.shards):,} ({count_runs([s.count for s in m.shards])} samples), "
              f"{total:,} bytes ({total / 2 ** 20:.1f} MiB)"]
     lines += [f"source   {s['name']} {s.get('width', '?')}x{s.get('height', '?')} sha256 {s['sha256']}"
               for s in m.sources]

@@ -16,7 +16,7 @@ from augment.__main__ import cli
 from augment.manifest import (MANIFEST, check_identity, content_id, read_manifest, read_manifest_text,
                               write_manifest)
 from augment.share import verify_shards
-from augment.shards import sha256_file
+from augment.files import file_digest
 from tests.toyset import make_toy_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def test_one_changed_shard_changes_the_identifier_and_fails_the_old_one(tmp_path
     open(path, "wb").write(bytes(data))
     assert verify_shards(read_manifest(src), progress=False) == ["shard-000001.tar: sha256 differs from the manifest"]
     raw = dict(m.raw)
-    raw["shards"] = [dict(s, sha256=sha256_file(os.path.join(src, s["name"]))) for s in raw["shards"]]
+    raw["shards"] = [dict(s, sha256=file_digest(os.path.join(src, s["name"]))) for s in raw["shards"]]
     new_id = write_manifest(src, raw)
     assert new_id != m.id and read_manifest(src).id == new_id
     assert verify_shards(read_manifest(src), progress=False) == []

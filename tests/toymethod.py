@@ -17,7 +17,7 @@ from train.config import CommonConfig, command, option
 from train.loader.memory import MemoryLoader
 from train.loop import Method, echo_stats, fit
 from train.models import Encoder, EncoderSpec
-from train.run import Run, unwrap
+from train.run import Run
 
 
 @dataclass(frozen=True)

@@ -136,4 +136,68 @@ def run(quick: bool) -> str:
         f"| 2 workers | {w2:,.0f} | {c2:.2f} | {w2 / w1:.2f} |",
         "", "| D (S = 32, 2 workers) | peak RSS of the largest process (MiB) |", "|---:|---:|",
         *[f"| {x:,} | {r:,.0f} |" for x, r in zip(ds, rss)],
+        *many_sources(quick),
         f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.", ""])
+
+
+# --------------------------------------------------------------------------- memory with many sources
+
+_RSS_PROBE = ("import resource, sys, time; from augment.__main__ import cli; t = time.perf_counter(); "
+              "cli(sys.argv[1:], standalone_mode=False); "
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+              "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t)")
+
+
+def imagenet_like(folder: str, n: int) -> None:
+    """``n`` textured 500x375 JPEGs (ImageNet's typical size), each different."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:375, 0:500]
+    os.makedirs(folder, exist_ok=True)
+    for k in range(n):
+        img = (rng.integers(0, 200, 3) + 40 * np.sin((xx[..., None] * (k % 7 + 1) + yy[..., None]) / 17.0)
+               + rng.integers(0, 40, (375, 500, 3)))
+        cv2.imwrite(os.path.join(folder, f"{k:05d}.jpg"), img.clip(0, 255).astype(np.uint8),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def many_sources_rss(folder: str, n: int, count: int, cache_mib: int) -> tuple[float, float, float, str]:
+    """(peak RSS MiB of the main process, of the largest worker, wall s, set id) of a 2-worker render of
+    ``count`` S = 256 patches from ``n`` sources of ``folder``, in a fresh process."""
+    out = tempfile.mkdtemp()
+    cmd = ["render", "--image", folder, "--n", str(n), "--count", str(count), "--size", "256", "--workers", "2",
+           "--samples-per-shard", str(count // 2), "--source-cache", str(cache_mib), "--quiet",
+           "--out", os.path.join(out, "s")]
+    try:
+        # Started through a small interpreter: a child's ru_maxrss counts the pages of the process that
+        # forked it (this benchmark holds hundreds of MiB by now), so the probe's parent must be small.
+        spawn = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"]
+        res = subprocess.run([*spawn, sys.executable, "-c", _RSS_PROBE, *cmd], cwd=ROOT, capture_output=True,
+                             text=True, check=True, timeout=1200)
+        main, worker, wall = res.stdout.split()[-3:]
+        set_id = res.stdout.split("set ")[-1].split()[0]
+        return int(main) / 1024, int(worker) / 1024, float(wall), set_id
+    finally:
+        shutil.rmtree(out)
+
+
+def many_sources(quick: bool) -> list[str]:
+    """Markdown rows: peak RSS at N = 10 and N = 1,000 sources, bounded cache (default) and unbounded."""
+    from augment.sources import SOURCE_CACHE_MIB
+
+    ns, count, bound = ((5, 40), 80, 8) if quick else ((10, 1000), 2000, SOURCE_CACHE_MIB)
+    folder = tempfile.mkdtemp()
+    try:
+        imagenet_like(folder, ns[-1])
+        runs = [(n, bound) for n in ns] + [(ns[-1], 1 << 20)]
+        rows = [(n, mib, *many_sources_rss(folder, n, count, mib)) for n, mib in runs]
+    finally:
+        shutil.rmtree(folder)
+    same = rows[1][5] == rows[2][5]
+    return ["", f"Many sources: a 2-worker `render` of D = {count:,} patches at S = 256 from N generated 500x375 "
+            f"JPEG sources (peak RSS from `getrusage`, main process and largest worker, in a fresh process).", "",
+            "| N | `--source-cache` (MiB) | main process peak RSS (MiB) | largest worker peak RSS (MiB) | wall s |",
+            "|---:|---:|---:|---:|---:|",
+            *[f"| {n:,} | {'unbounded' if mib == 1 << 20 else mib} | {a:,.0f} | {b:,.0f} | {w:.1f} |"
+              for n, mib, a, b, w, _ in rows],
+            "", f"Bounded and unbounded N = {ns[-1]:,} renders hold {'the same' if same else 'DIFFERENT'} bytes "
+            f"(set ids {rows[1][5]} / {rows[2][5]})."]

@@ -1,0 +1,544 @@
+"""Fault injection for `augment`: concurrent writers, hostile manifests, damaged sets, full disks,
+unwritable outputs, out-of-range options and many sources. Every fault must end in one line naming
+the input and the fix, a non-zero exit, no traceback, and no loss of what was already written.
+
+docs/reliability.md counts the cases of this module (faults tried and handled)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import augment.files as files
+from augment import share
+from augment.__main__ import cli
+from augment.lock import Busy, folder_lock, read_holder
+from augment.manifest import MANIFEST, read_manifest, write_manifest
+from augment.render import Recipe, RenderConfig, render
+from augment.shards import sample_key, write_shard
+from augment.sources import SourceCache, load_all
+from tests.toyset import make_toy_set
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(res, code: int = 1) -> str:
+    """The single line of a clean failure (asserts there is exactly one and no traceback)."""
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output and not isinstance(res.exception, (AssertionError, TypeError))
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, res.output
+    return lines[0]
+
+
+def last_error(res) -> str:
+    """The error line of a failure that printed something useful first (info's summary, click's usage)."""
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    return errors[0]
+
+
+def textured(path, w=64, h=48, seed=1):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes): what must survive a refused command."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = f.read()
+    return out
+
+
+def temps(folder) -> list[str]:
+    return [n for _, _, names in os.walk(folder) for n in names if ".partial" in n]
+
+
+HOLD = ("import sys, time\nfrom augment.lock import folder_lock\n"
+        "with folder_lock(sys.argv[1], sys.argv[2]):\n"
+        "    print('held', flush=True)\n"
+        "    if sys.argv[3] == 'die':\n"
+        "        import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    time.sleep(60)\n")
+
+
+def hold_lock(folder, what="a test holder", die=False) -> subprocess.Popen:
+    """A separate process holding ``folder``'s lock (or taking it and dying by SIGKILL)."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), what, "die" if die else "live"], cwd=ROOT,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    if die:
+        p.wait(10)
+    return p
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def small_render(image, out, *extra):
+    return run("render", "--image", image, "--count", 12, "--size", 16, "--samples-per-shard", 4, "--out", out,
+               "--quiet", *extra)
+
+
+def test_render_into_a_locked_folder_names_the_holder_and_touches_nothing(tmp_path):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out, "--shard-range", "0:1").exit_code == 0
+    before = snapshot(out)
+    holder = hold_lock(out / ".render", "render into set")
+    try:
+        line = one_line_error(small_render(src, out))
+        assert f"process {holder.pid}" in line and "is in use" in line and "render into set" in line
+        assert snapshot(out) == {**before, ".render/lock": snapshot(out)[".render/lock"]}
+        line = one_line_error(run("merge", out))
+        assert f"process {holder.pid}" in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert small_render(src, out).exit_code == 0 and (out / MANIFEST).exists()
+
+
+def test_two_renders_at_once_never_destroy_each_other(tmp_path):
+    src = textured(tmp_path / "s.png", 400, 300)
+    out = tmp_path / "set"
+    cmd = [sys.executable, "-m", "augment", "render", "--image", src, "--count", "1600", "--size", "48",
+           "--samples-per-shard", "40", "--quiet", "--out", str(out)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(120), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes[0] == 0, results  # one of them completed the set
+    for rc, err in results:
+        assert rc == 0 or ("is in use by process" in err and "Traceback" not in err), err
+    ref = tmp_path / "ref"
+    render(RenderConfig(src, str(ref), Recipe(count=1600, size=48, image_format="png", samples_per_shard=40),
+                        progress=False))
+    assert read_manifest(out).id == read_manifest(ref).id
+    assert run("verify", out).exit_code == 0 and not temps(out) and not (out / ".render" / "lock").exists()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    folder = tmp_path / "job"
+    dead = hold_lock(folder, die=True)
+    assert read_holder(str(folder / "lock")).pid == dead.pid  # its lock file is still there
+    with folder_lock(str(folder), "the next run") as lock:
+        assert lock.previous.pid == dead.pid and read_holder(lock.path).pid == os.getpid()
+    assert not (folder / "lock").exists()
+
+
+def test_a_held_lock_refuses_in_this_process_too_and_is_released(tmp_path):
+    with folder_lock(str(tmp_path), "first"):
+        with pytest.raises(Busy, match=f"process {os.getpid()} on .*first"):
+            with folder_lock(str(tmp_path), "second"):
+                pass
+    with folder_lock(str(tmp_path), "third") as lock:
+        assert lock.previous is None
+
+
+@pytest.mark.parametrize("alive", [True, False])
+def test_lock_without_flock_decides_by_the_recorded_process(tmp_path, monkeypatch, alive):
+    import augment.lock as lk
+
+    holder = hold_lock(tmp_path, die=not alive)
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lk.fcntl, "flock", no_flock)
+    try:
+        if alive:
+            with pytest.raises(Busy, match=f"process {holder.pid}"):
+                with folder_lock(str(tmp_path), "fallback"):
+                    pass
+        else:
+            with folder_lock(str(tmp_path), "fallback") as lock:
+                assert lock.previous.pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_temporary_files_are_removed_at_the_next_start(tmp_path):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out, "--shard-range", "0:1").exit_code == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = [out / f"shard-000001.tar.partial-{dead}", out / ".render" / f"shard-000001.json.partial-{dead}",
+             out / "shard-000002.tar.partial"]  # the last: an older version's name
+    live = out / f"notes.partial-{os.getppid()}"  # a running process's file is never touched
+    for p in [*stale, live]:
+        p.write_bytes(b"half a shard")
+    assert small_render(src, out).exit_code == 0
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_fetch_into_a_locked_folder_is_refused(tmp_path):
+    src = make_toy_set(str(tmp_path / "src"), count=16, size=16, per_shard=8)
+    out = tmp_path / "copy"
+    holder = hold_lock(out / ".fetch", "fetch into copy")
+    try:
+        line = one_line_error(run("fetch", src, out, "--quiet"))
+        assert f"process {holder.pid}" in line and "fetch into copy" in line
+        assert sorted(os.listdir(out)) == [".fetch"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run("fetch", src, out, "--quiet").exit_code == 0
+    assert sorted(os.listdir(out)) == sorted(os.listdir(src))  # lock, marker and temporaries gone
+
+
+# --------------------------------------------------------------------------- no file outside the set
+
+
+def hostile_set(tmp_path, how: str) -> str:
+    """A set whose manifest (with a valid id) names a shard outside its folder."""
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    outside = tmp_path / "outside.tar"
+    os.replace(os.path.join(src, "shard-000001.tar"), outside)
+    data = json.loads(open(os.path.join(src, MANIFEST)).read())
+    if how == "symlink":
+        os.symlink(outside, os.path.join(src, "shard-000001.tar"))
+    else:
+        data["shards"][1]["name"] = {"dotdot": "../outside.tar", "absolute": str(outside)}[how]
+    write_manifest(src, data)
+    return src
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+@pytest.mark.parametrize("command", ["verify", "info", "show", "publish", "loader"])
+def test_a_manifest_naming_a_file_outside_its_set_is_refused(tmp_path, how, command):
+    src = hostile_set(tmp_path, how)
+    if command == "loader":  # every trainer's loader reads the set through read_manifest
+        with pytest.raises(Exception, match="outside the set's folder"):
+            read_manifest(src)
+        return
+    extra = {"show": ["--out", tmp_path / "g.png"], "publish": [tmp_path / "pub", "--quiet"]}.get(command, [])
+    line = one_line_error(run(command, src, *extra))
+    assert "outside the set's folder" in line and ("shard-000001" in line or "outside.tar" in line)
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "pub").exists()
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute"])
+def test_merge_refuses_a_piece_naming_a_file_outside(tmp_path, how):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out, "--shard-range", "0:2").exit_code == 0
+    assert small_render(src, out, "--shard-range", "2:3").exit_code == 0
+    piece = sorted(out.glob("manifest.part-*.json"))[0]
+    data = json.loads(piece.read_text())
+    data["shards"][0]["name"] = "../x.tar" if how == "dotdot" else str(tmp_path / "x.tar")
+    piece.write_text(json.dumps(data))
+    line = one_line_error(run("merge", out))
+    assert "outside the set's folder" in line and not (out / MANIFEST).exists()
+
+
+def test_fetch_refuses_a_non_empty_folder_that_holds_no_copy_of_the_set(tmp_path):
+    src = make_toy_set(str(tmp_path / "src"), count=16, size=16, per_shard=8)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my work")
+    line = one_line_error(run("fetch", src, out, "--quiet"))
+    assert "not empty and holds no copy" in line and "notes.txt" in line
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_fetch_refuses_a_folder_holding_an_interrupted_fetch_of_another_set(tmp_path, monkeypatch):
+    a = make_toy_set(str(tmp_path / "a"), count=16, size=16, per_shard=8)
+    b = make_toy_set(str(tmp_path / "b"), count=16, size=16, per_shard=8, seed=3)
+    out = tmp_path / "copy"
+
+    def stop(self, e):
+        raise share.DiskFull(f"{out}: no space left")
+
+    monkeypatch.setattr(share._Fetcher, "shard", stop)
+    assert run("fetch", a, out, "--quiet").exit_code == 1  # interrupted: its marker stays
+    monkeypatch.undo()
+    before = snapshot(out)
+    line = one_line_error(run("fetch", b, out, "--quiet"))
+    assert "interrupted fetch of another set" in line and read_manifest(a).id in line
+    assert snapshot(out) == before
+    assert run("fetch", a, out, "--quiet").exit_code == 0  # its own fetch resumes
+
+
+# --------------------------------------------------------------------------- damaged sets
+
+
+def test_info_prints_the_true_count_of_each_shard(tmp_path):
+    src = make_toy_set(str(tmp_path / "set"), count=40, size=16, per_shard=16, shard_counts=[16, 16, 8])
+    res = run("info", src)
+    assert res.exit_code == 0 and "3 (2 x 16 + 1 x 8 samples)" in res.output
+
+
+def damage(src: str, how: str) -> str:
+    """Damage shard 1 of a toy set: remove it, put an undecodable image in it, or break a tar header."""
+    path = os.path.join(src, "shard-000001.tar")
+    if how == "missing":
+        os.remove(path)
+    elif how == "bad image":
+        m = read_manifest(src)
+        e = m.shards[1]
+        samples = [(sample_key(i), {"png": b"\x89PNG not really", "json": b"{}"}) for i in range(e.first, e.first + e.count)]
+        write_shard(path, e.first, samples)
+    else:  # a header in the middle: its checksum no longer matches, and tar reads end there
+        with tarfile.open(path) as tar:
+            offset = tar.getmembers()[6].offset
+        with open(path, "r+b") as f:
+            f.seek(offset + 148)
+            f.write(b"99999")
+    return path
+
+
+@pytest.mark.parametrize("how", ["missing", "bad image", "bad tar header"])
+def test_show_on_a_damaged_set_is_one_line(tmp_path, how):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    damage(src, how)
+    line = one_line_error(run("show", src, "--out", tmp_path / "g.png", "--count", 16))
+    assert "shard-000001.tar" in line and "augment verify" in line
+    assert ("missing" if how == "missing" else "damaged") in line
+    assert not (tmp_path / "g.png").exists() and not temps(tmp_path)
+
+
+@pytest.mark.parametrize("how", ["missing", "bad image"])
+def test_info_on_a_damaged_set_ends_in_one_line(tmp_path, how):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    damage(src, how)  # a rewritten shard changes size; a flipped header byte would not (verify finds it)
+    res = run("info", src)
+    line = last_error(res)
+    assert res.exit_code == 1 and "shard-000001.tar" in line and "augment verify" in line
+    assert "count    16 patches" in res.output  # the summary itself is still printed
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"format": "single-image-ssl/shards", "shards": 3}), ""])
+def test_info_and_show_on_a_damaged_manifest_are_one_line(tmp_path, text):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    with open(os.path.join(src, MANIFEST), "w") as f:
+        f.write(text)
+    for args in (["info", src], ["show", src, "--out", tmp_path / "g.png"], ["verify", src]):
+        assert "not a shard-set manifest" in one_line_error(run(*args))
+
+
+def test_an_empty_shard_location_says_so(tmp_path):
+    with pytest.raises(Exception, match="no shard set given"):  # a trainer's missing --shards
+        read_manifest("")
+
+
+# --------------------------------------------------------------------------- full disk, unwritable outputs
+
+
+class FullDisk:
+    """A file that takes ``room`` bytes, then fails like a full disk."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, k):
+        return getattr(self.f, k)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fill_disk(monkeypatch, room=100):
+    """Every temporary file of augment.files.atomic_write gets ``room`` bytes before ENOSPC."""
+    real_open = open
+    monkeypatch.setattr(files, "open", lambda p, mode="r", *a, **k: FullDisk(real_open(p, mode, *a, **k), room)
+                        if files.TMP_MARK in str(p) and "w" in mode else real_open(p, mode, *a, **k), raising=False)
+
+
+def test_show_on_a_full_disk_keeps_the_last_grid_and_names_folder_and_need(tmp_path, monkeypatch):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    grid = tmp_path / "figs" / "grid.png"
+    assert run("show", src, "--out", grid, "--count", 4).exit_code == 0
+    good = grid.read_bytes()
+    fill_disk(monkeypatch)
+    line = one_line_error(run("show", src, "--out", grid, "--count", 16, "--seed", 3))
+    assert str(tmp_path / "figs") in line and "no space left" in line and "bytes are needed" in line
+    assert grid.read_bytes() == good and not temps(tmp_path / "figs")
+
+
+def test_publish_on_a_full_disk_keeps_the_last_copy_and_leaves_no_partial(tmp_path, monkeypatch):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    dest = tmp_path / "pub"
+    assert run("publish", src, dest, "--quiet").exit_code == 0
+    good = snapshot(dest)
+    fill_disk(monkeypatch, room=3000)
+    line = one_line_error(run("publish", src, dest, "--quiet"))
+    assert str(dest) in line and "no space left" in line and "bytes are needed" in line
+    assert snapshot(dest) == good and not temps(dest)
+
+
+def test_publish_refuses_before_copying_when_the_destination_is_too_small(tmp_path, monkeypatch):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    monkeypatch.setattr(share.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    line = one_line_error(run("publish", src, tmp_path / "pub", "--quiet"))
+    total = sum(e.bytes for e in read_manifest(src).shards)
+    need = int(line.split("needs about ")[1].split()[0].replace(",", ""))
+    assert need > total and "1,000 are free" in line and os.listdir(tmp_path / "pub") == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only; the test skips elsewhere): a real full disk."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the injected-ENOSPC tests cover the same paths")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_show_on_a_real_full_tmpfs(tmp_path, tmpfs):
+    src = make_toy_set(str(tmp_path / "set"), count=64, size=32, per_shard=16)
+    (tmpfs / "filler").write_bytes(os.urandom(40_000))
+    assert run("show", src, "--out", tmpfs / "small.png", "--count", 1).exit_code == 0
+    good = (tmpfs / "small.png").read_bytes()
+    line = one_line_error(run("show", src, "--out", tmpfs / "small.png", "--count", 64))
+    assert str(tmpfs) in line and "no space left" in line
+    assert (tmpfs / "small.png").read_bytes() == good and sorted(os.listdir(tmpfs)) == ["filler", "small.png"]
+
+
+def afile(tmp_path):
+    p = tmp_path / "afile"
+    p.write_text("x")
+    return p
+
+
+@pytest.mark.parametrize("where", ["under a file", "pseudo fs", "read-only"])
+@pytest.mark.parametrize("command", ["render", "show", "fetch", "publish"])
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, monkeypatch, where, command):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    if where == "under a file":
+        out = afile(tmp_path) / "sub"
+    elif where == "pseudo fs":
+        out = "/proc/augment-test/out"
+    else:  # EROFS from the OS, injected: a read-only mount needs root
+        out = tmp_path / "ro" / "out"
+        real = os.makedirs
+
+        def ro(p, *a, **k):
+            if str(p).startswith(str(tmp_path / "ro")):
+                raise OSError(errno.EROFS, "Read-only file system", str(p))
+            return real(p, *a, **k)
+
+        monkeypatch.setattr(os, "makedirs", ro)
+    args = {"render": ["render", "--image", textured(tmp_path / "s.png"), "--count", 8, "--size", 16, "--quiet",
+                       "--out", out],
+            "show": ["show", src, "--out", f"{out}/g.png"], "fetch": ["fetch", src, out, "--quiet"],
+            "publish": ["publish", src, out, "--quiet"]}[command]
+    line = one_line_error(run(*args))
+    assert {"under a file": "a file stands where a folder is needed", "pseudo fs": "/proc/augment-test",
+            "read-only": "read-only"}[where] in line
+    assert not os.path.exists(out)
+
+
+RANGES = [("render", "--n", 0), ("render", "--count", -1), ("render", "--size", 0), ("render", "--seed", -1),
+          ("render", "--workers", 0), ("render", "--quality", 101), ("render", "--samples-per-shard", 0),
+          ("render", "--min-area", 0), ("render", "--max-area", 1.5), ("render", "--aspect", 0),
+          ("render", "--max-angle", 90), ("render", "--flip", -0.1), ("render", "--brightness", 2),
+          ("render", "--contrast", -1), ("render", "--saturation", 1.1), ("render", "--hue", 0.6),
+          ("render", "--max-pixels", 0), ("render", "--source-cache", -1), ("verify", "--rerender", -1),
+          ("verify", "--seed", -2), ("show", "--count", 0), ("show", "--cols", 0), ("show", "--seed", -1),
+          ("fetch", "--jobs", 0), ("fetch", "--timeout", 0)]
+
+
+@pytest.mark.parametrize("command,option,value", RANGES, ids=[f"{c} {o} {v}" for c, o, v in RANGES])
+def test_numeric_options_out_of_range_are_refused_by_the_parser(tmp_path, command, option, value):
+    pos = {"render": ["--image", "A", "--out", tmp_path / "o"], "verify": [tmp_path], "show": [tmp_path, "--out", "g.png"],
+           "fetch": [tmp_path, tmp_path / "o"]}[command]
+    line = last_error(run(command, *pos, option, value))
+    assert option in line and "is not in the range" in line  # click names the range, e.g. "1<=x<=100"
+    assert not (tmp_path / "o").exists()
+
+
+def test_worker_defaults_never_exceed_the_usable_cpus():
+    cpus = len(os.sched_getaffinity(0))
+    for name, cmd in cli.commands.items():
+        for p in cmd.params:
+            if p.name in ("workers",):
+                assert p.default <= cpus, (name, p.name, p.default)
+
+
+# --------------------------------------------------------------------------- sources at scale
+
+
+@pytest.fixture
+def many_sources(tmp_path):
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    for k in range(6):
+        textured(folder / f"{k}.png", 80 + 8 * k, 60 + 4 * k, seed=k)
+    return str(folder)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tiny_source_cache_renders_the_same_bytes(tmp_path, many_sources, workers):
+    recipe = Recipe(count=60, size=16, n=5, image_format="png", samples_per_shard=16)
+    hashes = []
+    for mib in (1 << 20, 0):  # everything resident / only the pyramid in use
+        cfg = RenderConfig(many_sources, str(tmp_path / f"cache{mib}"), recipe, workers=workers, progress=False,
+                           source_cache_mib=mib)
+        render(cfg)
+        hashes.append([e.sha256 for e in read_manifest(cfg.out).shards])
+    assert hashes[0] == hashes[1]
+
+
+def test_the_source_cache_stays_within_its_budget_and_decodes_each_source_once_per_shard(many_sources, monkeypatch):
+    import augment.sources as S
+
+    srcs = load_all(many_sources, 5, 0)
+    cache = SourceCache(srcs, 16, budget=2 * srcs[0].width * srcs[0].height * 8)
+    resident = len(cache._resident)
+    assert 1 <= resident < 5
+    loads = []
+    real = S.load
+    monkeypatch.setattr(S, "load", lambda *a, **k: (loads.append(a[0]), real(*a, **k))[1])
+    shard = [i % 5 for i in range(40)]  # one shard of 40 samples cycling through 5 sources
+    for k in cache.order(shard):
+        cache[shard[k]]
+        assert cache._bytes <= cache.budget
+    assert sorted(loads) == sorted(set(loads)) and len(loads) == 5 - resident  # the resident are not decoded
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_source_changed_during_the_render_is_one_line(tmp_path, many_sources, monkeypatch, workers):
+    import augment.render as R
+
+    real = R.load_all
+
+    def then_change(*a, **k):  # the sources are read, then one changes before the workers decode it again
+        out = real(*a, **k)
+        textured(out[2].path, seed=99)
+        return out
+
+    monkeypatch.setattr(R, "load_all", then_change)
+    res = run("render", "--image", many_sources, "--n", 5, "--count", 40, "--size", 16, "--samples-per-shard", 8,
+              "--source-cache", 0, "--workers", workers, "--quiet", "--out", tmp_path / "set")
+    line = one_line_error(res)
+    assert "changed since the render started" in line and os.path.basename(real(many_sources, 5, 0)[2].path) in line
