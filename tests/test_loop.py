@@ -9,6 +9,7 @@ import sys
 import time
 
 import torch
+import pytest
 from click.testing import CliRunner
 
 from tests import toymethod
@@ -132,3 +133,46 @@ def test_ddp_two_gloo_ranks_step_together(tmp_path):
     head = logs(out)[0]
     assert head["world_size"] == 2
     assert [r["step"] for r in logs(out) if r.get("event") == "train"] == list(range(1, 9))
+
+
+def test_resume_refuses_changed_inputs_unless_allowed(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("--out", out, "--max-steps", 3).exit_code == 0
+    r = invoke("--out", out, "--resume", "--batch-size", 2, "--seed", 9)
+    assert r.exit_code == 1 and "batch-size 4 -> 2" in r.output and "seed 0 -> 9" in r.output
+    assert "--allow-changed-inputs" in r.output and load_checkpoint(str(out))["step"] == 3
+    r = invoke("--out", out, "--resume", "--batch-size", 2, "--allow-changed-inputs", "--max-steps", 4)
+    assert r.exit_code == 0, r.output
+    rec = [x for x in logs(out) if x.get("event") == "changed_on_resume"]
+    assert rec and rec[0]["applied"]["batch_size"] == [4, 2]
+
+
+def test_resume_applies_a_new_lr_and_refuses_what_it_cannot_apply(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("--out", out, "--max-steps", 3).exit_code == 0
+    r = invoke("--out", out, "--resume", "--count", 40)
+    assert r.exit_code == 1 and "--count 32 -> 40 cannot change" in r.output
+    r = invoke("--out", out, "--resume", "--lr", 0.001, "--max-steps", 5)
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(str(out))
+    assert ck["state"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    assert [x["lr"] for x in logs(out) if x.get("event") == "train"][-1] == pytest.approx(0.001)
+    assert [x for x in logs(out) if x.get("event") == "changed_on_resume"][0]["applied"] == {"lr": [0.005, 0.001]}
+
+
+def test_two_trainers_cannot_share_an_out_folder(tmp_path):
+    from augment.lock import folder_lock
+
+    out = tmp_path / "run"
+    with folder_lock(str(out / ".train"), f"train into {out}"):
+        r = invoke("--out", out, "--max-steps", 1)
+    assert r.exit_code == 1 and "in use by process" in r.output and not (out / "checkpoint.pt").exists()
+    (out / "checkpoint.pt.partial-999999").write_bytes(b"left by a killed run")
+    assert invoke("--out", out, "--max-steps", 1).exit_code == 0
+    assert not (out / "checkpoint.pt.partial-999999").exists()
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = invoke("--out", tmp_path / "file" / "run", "--max-steps", 1)
+    assert r.exit_code == 1 and "cannot create the folder" in r.output and "Traceback" not in r.output

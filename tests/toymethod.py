@@ -66,6 +66,10 @@ class Toy(Method):
         self.opt.step()
         return {"loss": loss.detach()}
 
+    def apply_changes(self, objects: dict, changes: dict) -> set[str]:
+        # The test knobs are read at every step, so a resume applies them as given.
+        return super().apply_changes(objects, changes) | ({"nan_at", "sleep"} & set(changes))
+
     def extra_state(self) -> dict:
         return {"epochs_begun": self.epochs_begun}
 

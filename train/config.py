@@ -54,6 +54,9 @@ class CommonConfig:
     log_every: int = option(20, "Log averaged statistics every K steps.", lo=1)
     time_budget: float = option(0.0, "Stop with a checkpoint after this many training seconds, summed over "
                                 "resumes (0: none). Equal budgets make methods comparable on one machine.", lo=0)
+    allow_changed_inputs: bool = option(False, "With --resume: continue although the shard set, --batch-size, "
+                                        "--seed, --workers or the world size differ from the checkpoint's "
+                                        "(the exact-resume guarantee then lapses; the log records it).")
     verify_stream: bool = option(True, "Hash every shard as it streams and stop if it differs from the "
                                  "manifest (--no-verify-stream: trust the bytes).")
 

@@ -28,6 +28,13 @@ import click
 from train.run import ResumeState, Run
 
 
+# Options that only say how long or how a run goes on: a resume applies their new values.
+RESUMABLE = frozenset({"resume", "out", "epochs", "max_steps", "time_budget", "log_every", "device", "amp",
+                       "verify_stream", "allow_changed_inputs", "sample_every", "eval_batches"})
+# What fixes the order of the batches: a resume with other values is not the same run.
+INPUTS = ("shards", "batch_size", "seed", "workers")
+
+
 class Meter:
     """Means of named statistics over steps (or samples, with ``n``)."""
 
@@ -91,6 +98,21 @@ class Method:
     def lr(self) -> float | None:
         return None
 
+    def apply_changes(self, objects: dict[str, Any], changes: dict[str, tuple]) -> set[str]:
+        """Apply options changed on ``--resume``; returns the names applied (default: ``lr``, by scaling
+        every optimiser's and scheduler's learning rates by new / old)."""
+        if "lr" not in changes or not changes["lr"][0]:
+            return set()
+        ratio = changes["lr"][1] / changes["lr"][0]
+        for obj in objects.values():
+            for group in getattr(obj, "param_groups", []):
+                group["lr"] *= ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] *= ratio
+            if hasattr(obj, "base_lrs"):
+                obj.base_lrs = [b * ratio for b in obj.base_lrs]
+        return {"lr"}
+
 
 def train_epoch(run: Run, method: Method, epoch: int, skip: int) -> tuple[dict[str, float], int]:
     """Steps over batches ``skip..`` of ``epoch`` until they end or the run is done; (means, batches done)."""
@@ -131,13 +153,46 @@ def run_epochs(run: Run, method: Method, objects: dict[str, Any], state: ResumeS
         summary = stats | {"batches_done": done, "lr": method.lr(), "train_seconds": round(run.budget.spent, 1)}
         run.log({"event": "epoch", "complete": complete, "epochs_done": epoch, **summary})
         reached = run.budget.reached(run.dist, run.device)
-        extra = {"batches_done": skip, "time_budget_reached": reached, **method.extra_state()}
+        extra = {"batches_done": skip, "time_budget_reached": reached, "world_size": run.dist.world_size,
+                 **method.extra_state()}
         if getattr(method.loader, "manifest", None) is not None:
             extra["set_id"] = method.loader.manifest.id
         run.save(objects, method.encoder, epoch, extra=extra)
     if run.budget.reached(run.dist, run.device):
         run.log({"event": "time_budget", "seconds": run.cfg.time_budget, "spent": round(run.budget.spent, 1)})
     return summary
+
+
+def check_resume(run: Run, method: Method, objects: dict[str, Any], state: ResumeState) -> None:
+    """On ``--resume``: refuse changed inputs (unless ``--allow-changed-inputs``); apply or refuse every
+    other changed option, never ignore it; log what was applied from this step on."""
+    if not run.saved:
+        return
+    saved, cfg = run.saved["config"], run.cfg
+    changes = {k: (saved[k], v) for k, v in cfg.to_dict().items()
+               if k in saved and saved[k] != v and k not in cfg.ARCH_FIELDS and k not in RESUMABLE}
+    changes.pop("shards", None)      # the set is compared by its id, not by where it lies
+    m = getattr(method.loader, "manifest", None)
+    if m is not None and state.extra.get("set_id") not in (None, m.id):
+        changes["shard set"] = (state.extra["set_id"], m.id)
+    if state.extra.get("world_size", run.dist.world_size) != run.dist.world_size:
+        changes["world size"] = (state.extra["world_size"], run.dist.world_size)
+    inputs = {k: v for k, v in changes.items() if k in (*INPUTS, "shard set", "world size")}
+    if inputs and not cfg.allow_changed_inputs:
+        said = "; ".join(f"{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in inputs.items())
+        raise click.ClickException(f"--resume: the training inputs differ from the checkpoint's ({said}), so "
+                                   f"the run would not continue exactly; restore them, or pass "
+                                   f"--allow-changed-inputs to go on anyway (the log records it)")
+    rest = {k: v for k, v in changes.items() if k not in inputs}
+    applied = method.apply_changes(objects, rest)
+    refused = {k: v for k, v in rest.items() if k not in applied}
+    if refused:
+        said = ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in refused.items())
+        raise click.ClickException(f"--resume: {said} cannot change in the middle of a {method.name} run; drop "
+                                   f"it to continue with the checkpoint's value, or start a new run in another --out")
+    if changes:
+        run.log({"event": "changed_on_resume", "applied": {k: list(v) for k, v in changes.items()}})
+        run.echo(f"resume: applying {', '.join(sorted(changes))} from step {run.step} (recorded in the log)")
 
 
 def fit(method: Method) -> dict[str, Any]:
@@ -155,6 +210,7 @@ def fit(method: Method) -> dict[str, Any]:
                      "sources": data.sources})
         state = run.restore(objects)
         method.load_extra(state.extra)
+        check_resume(run, method, objects, state)
         return run_epochs(run, method, objects, state)
     finally:
         run.close()

@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from augment.files import describe_os_error, remove_stale_temps
+from augment.lock import folder_lock
 from augment.seeds import mix
 from train.checkpoint import CHECKPOINT, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
 from train.config import CommonConfig
@@ -201,29 +203,44 @@ class Run:
         self.method = method
         device = resolve_device(cfg.device)
         self.dist, self.device = init_distributed(device)
-        os.makedirs(cfg.out, exist_ok=True)
-        self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
-        self.saved = None
-        if cfg.resume:
-            if not os.path.isfile(self.ckpt_path):
-                raise click.ClickException(f"--resume: no checkpoint at {self.ckpt_path}; drop --resume to "
-                                           f"start a new run there")
-            self.saved = load_checkpoint(self.ckpt_path)
-            if self.saved.get("method") != method:
-                raise click.ClickException(f"{self.ckpt_path} was written by {self.saved.get('method')!r}, "
-                                           f"not {method!r}; use another --out")
-            cfg, self.arch_changes = merge_arch(cfg, self.saved["config"])
-        elif os.path.isfile(self.ckpt_path):
-            raise click.ClickException(f"{cfg.out} already holds a run; pass --resume to continue it or "
-                                       f"choose another --out")
-        self.cfg = cfg
-        self.step = 0
-        self.epoch = 0
-        self.t0 = time.time()
-        self.budget = TimeBudget(cfg.time_budget)
-        seed_everything(cfg.seed, self.dist.rank)
-        self.log_path = os.path.join(cfg.out, LOG)
-        self._header()
+        self._hold = contextlib.ExitStack()
+        if self.dist.is_main:
+            self._claim(cfg.out)
+        try:
+            self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+            self.saved = None
+            if cfg.resume:
+                if not os.path.isfile(self.ckpt_path):
+                    raise click.ClickException(f"--resume: no checkpoint at {self.ckpt_path}; drop --resume to "
+                                               f"start a new run there")
+                self.saved = load_checkpoint(self.ckpt_path)
+                if self.saved.get("method") != method:
+                    raise click.ClickException(f"{self.ckpt_path} was written by {self.saved.get('method')!r}, "
+                                               f"not {method!r}; use another --out")
+                cfg, self.arch_changes = merge_arch(cfg, self.saved["config"])
+            elif os.path.isfile(self.ckpt_path):
+                raise click.ClickException(f"{cfg.out} already holds a run; pass --resume to continue it or "
+                                           f"choose another --out")
+            self.cfg = cfg
+            self.step = 0
+            self.epoch = 0
+            self.t0 = time.time()
+            self.budget = TimeBudget(cfg.time_budget)
+            seed_everything(cfg.seed, self.dist.rank)
+            self.log_path = os.path.join(cfg.out, LOG)
+            self._header()
+        except BaseException:
+            self._hold.close()
+            raise
+
+    def _claim(self, out: str) -> None:
+        """Create ``out``, take its lock (one trainer per folder) and clear temporary files of dead runs."""
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise click.ClickException(f"--out {out}: cannot create the folder ({describe_os_error(e, out)})") from None
+        self._hold.enter_context(folder_lock(os.path.join(out, ".train"), f"train into {out}"))
+        remove_stale_temps(out)
 
     # ---- logging
     def _header(self) -> None:
@@ -337,8 +354,10 @@ class Run:
         self.log({"event": "checkpoint", "path": self.ckpt_path, "epochs_done": epoch})
 
     def close(self) -> None:
+        """Leave the process group and release the folder's lock."""
         if self.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
+        self._hold.close()
 
 
 
