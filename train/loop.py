@@ -127,15 +127,20 @@ def train_epoch(run: Run, method: Method, epoch: int, skip: int) -> tuple[dict[s
             window.add(values)
             run.step += 1
             if run.step % run.cfg.log_every == 0:
-                run.log({"event": "train", **window.means(), "lr": method.lr()})
+                log_window(run, method, window)
                 window = Meter()
             method.after_step(run)
         # max-steps or budget; under DDP a collective, so every rank asks once per batch
         if run.done:
             break
     if window.n:
-        run.log({"event": "train", **window.means(), "lr": method.lr()})
+        log_window(run, method, window)
     return meter.means(), done
+
+
+def log_window(run: Run, method: Method, window: Meter) -> None:
+    """One ``train`` line: the means since the last one, the lr and the training seconds so far."""
+    run.log({"event": "train", **window.means(), "lr": method.lr(), "train_seconds": round(run.budget.spent, 3)})
 
 
 def run_epochs(run: Run, method: Method, objects: dict[str, Any], state: ResumeState) -> dict[str, Any]:
