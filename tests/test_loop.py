@@ -176,3 +176,23 @@ def test_an_out_that_cannot_be_created_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     r = invoke("--out", tmp_path / "file" / "run", "--max-steps", 1)
     assert r.exit_code == 1 and "cannot create the folder" in r.output and "Traceback" not in r.output
+
+
+def test_the_new_method_example_in_the_docs_runs(tmp_path):
+    import re
+
+    from tests.toyset import make_toy_set
+
+    with open(os.path.join(ROOT, "docs", "training.md")) as f:
+        code = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
+    prelude = ("from dataclasses import dataclass\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn\n"
+               "from train.config import CommonConfig, command, option\nfrom train.loader import make_loader, prepare\n"
+               "from train.loop import Method, echo_stats, fit\nfrom train.models import Encoder, EncoderSpec\n")
+    scope: dict = {}
+    exec(compile(prelude + code, "docs/training.md", "exec"), scope)
+    toy = make_toy_set(str(tmp_path / "toy"), count=16, size=32, per_shard=8)
+    r = CliRunner().invoke(scope["cli"], ["--shards", toy, "--out", str(tmp_path / "run"), *BASE, "--batch-size", "4",
+                                          "--max-steps", "3"])
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(str(tmp_path / "run"))
+    assert ck["method"] == "colour" and ck["step"] == 3 and ck["encoder_spec"]["arch"] == "small"
