@@ -30,7 +30,7 @@ from train.run import ResumeState, Run
 
 # Options that only say how long or how a run goes on: a resume applies their new values.
 RESUMABLE = frozenset({"resume", "out", "epochs", "max_steps", "time_budget", "log_every", "device", "amp",
-                       "verify_stream", "allow_changed_inputs", "sample_every", "eval_batches"})
+                       "verify_stream", "allow_changed_inputs", "sample_every", "eval_batches", "skip_bad_images"})
 # What fixes the order of the batches: a resume with other values is not the same run.
 INPUTS = ("shards", "batch_size", "seed", "workers")
 

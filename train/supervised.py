@@ -44,6 +44,8 @@ class Config(CommonConfig):
     init_from: str = option("", "Start the encoder from this checkpoint (any trainer's).")
     freeze: tuple[str, ...] = option((), "Blocks kept fixed, e.g. conv1,conv2.")
     eval_batches: int = option(0, "Evaluation batches after each epoch (0: the whole split).", lo=0)
+    skip_bad_images: bool = option(False, "Skip images that cannot be decoded (counted in the log) instead "
+                                   "of stopping at the first one.")
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset")
     UNUSED: ClassVar[tuple[str, ...]] = ("shards", "verify_stream")
@@ -98,7 +100,7 @@ class Supervised(Method):
         cfg = self.cfg
         splits = open_splits(cfg.data, cfg.dataset, *transforms_for(cfg.arch, cfg.input_size))
         kw = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, rank=run.dist.rank,
-                  world_size=run.dist.world_size, pin_memory=run.device.type == "cuda")
+                  world_size=run.dist.world_size, pin_memory=run.device.type == "cuda", skip_bad=cfg.skip_bad_images)
         self.loader = make_folder_loader(splits.train, **kw)
         self.eval_loader = make_folder_loader(splits.eval, train=False, **kw) if splits.eval is not None else None
         run.log({"event": "data", "classes": len(splits.classes), "train": len(splits.train),
@@ -124,7 +126,8 @@ class Supervised(Method):
     def end_epoch(self, run: Run, epoch: int, complete: bool) -> dict:
         if complete:
             self.sched.step()
-        return {}
+        loaders = [ld for ld in (self.loader, self.eval_loader) if ld is not None]
+        return {"bad_images_skipped": sum(ld.data.skipped.value for ld in loaders)} if self.cfg.skip_bad_images else {}
 
     def evaluate(self, run: Run) -> dict:
         """Top-1 accuracy and loss on the evaluation split (centre crops), all of it unless ``--eval-batches``."""

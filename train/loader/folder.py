@@ -97,20 +97,72 @@ def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable) 
     return Splits(tr, None, list(tr.classes))
 
 
-class SeededSamples(Dataset):
-    """A dataset whose sample ``i`` is transformed with a generator seeded by (seed, epoch, i)."""
+class BadImage(click.ClickException):
+    """An image of the folder that cannot be decoded; names the file and the fix."""
 
-    def __init__(self, ds: Dataset, seed: int):
-        self.ds, self.seed, self.epoch = ds, seed, 0
+
+def _path(ds: Dataset, i: int) -> str:
+    samples = getattr(ds, "samples", None)
+    return samples[i][0] if samples else f"sample {i}"
+
+
+class SeededSamples(Dataset):
+    """A dataset whose sample ``i`` is transformed with a generator seeded by (seed, epoch, i).
+
+    An image that cannot be decoded stops the run with one line naming it; with ``skip_bad`` it is
+    replaced by the next readable sample (deterministically) and counted in ``skipped`` (shared by the
+    DataLoader's worker processes).
+    """
+
+    def __init__(self, ds: Dataset, seed: int, skip_bad: bool = False):
+        import multiprocessing
+
+        self.ds, self.seed, self.epoch, self.skip_bad = ds, seed, 0, skip_bad
+        self.skipped = multiprocessing.get_context("fork").Value("i", 0)
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> Any:
+    def _get(self, i: int) -> Any:
         # torchvision transforms draw from the global torch RNG: fork it so the caller's is untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix(self.seed, self.epoch, i))
             return self.ds[i]
+
+    def __getitem__(self, i: int) -> Any:
+        for k in range(len(self.ds)):
+            j = (i + k) % len(self.ds)
+            try:
+                return self._get(j)
+            except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for damaged or foreign files
+                if not self.skip_bad:
+                    raise BadImage(f"{_path(self.ds, j)}: cannot be decoded ({type(e).__name__}: {str(e)[:100]}); "
+                                   f"remove or replace it, or pass --skip-bad-images to skip such files") from None
+                with self.skipped.get_lock():
+                    self.skipped.value += 1
+                import sys
+
+                print(f"skipped {_path(self.ds, j)}: cannot be decoded", file=sys.stderr)
+        raise BadImage("no image of the folder can be decoded; check --data")
+
+
+class _Batches:
+    """A DataLoader epoch whose bad-image errors from workers become the one line they carry."""
+
+    def __init__(self, dl: DataLoader):
+        self.dl = dl
+
+    def __len__(self) -> int:
+        return len(self.dl)
+
+    def __iter__(self):
+        try:
+            yield from self.dl
+        except Exception as e:  # a worker re-raises the dataset's exception with its traceback in the text
+            if isinstance(e, BadImage) or "BadImage" in type(e).__name__ or "BadImage:" in str(e):
+                last = [ln for ln in str(e).strip().splitlines() if ln.strip()][-1]
+                raise click.ClickException(last.split("BadImage: ", 1)[-1]) from None
+            raise
 
 
 class _Skip(torch.utils.data.Sampler):
@@ -142,20 +194,23 @@ class FolderLoader:
         per_rank = len(self.data) // self.world_size if self.shuffle else -(-len(self.data) // self.world_size)
         return per_rank // self.batch_size if self.shuffle else -(-per_rank // self.batch_size)
 
-    def epoch(self, epoch: int, skip: int = 0) -> DataLoader:
+    def epoch(self, epoch: int, skip: int = 0) -> _Batches:
         self.data.epoch = epoch
         sampler = DistributedSampler(self.data, num_replicas=self.world_size, rank=self.rank,
                                      shuffle=self.shuffle, seed=self.seed, drop_last=self.shuffle)
         sampler.set_epoch(epoch)
-        return DataLoader(self.data, batch_size=self.batch_size, sampler=_Skip(sampler, skip * self.batch_size),
-                          num_workers=self.workers, drop_last=self.shuffle, pin_memory=self.pin_memory,
-                          prefetch_factor=4 if self.workers else None)
+        return _Batches(DataLoader(self.data, batch_size=self.batch_size,
+                                   sampler=_Skip(sampler, skip * self.batch_size), num_workers=self.workers,
+                                   drop_last=self.shuffle, pin_memory=self.pin_memory,
+                                   prefetch_factor=4 if self.workers else None))
 
 
 def make_folder_loader(ds: Dataset, *, batch_size: int, workers: int, seed: int, rank: int = 0,
-                       world_size: int = 1, train: bool = True, pin_memory: bool = False) -> FolderLoader:
+                       world_size: int = 1, train: bool = True, pin_memory: bool = False,
+                       skip_bad: bool = False) -> FolderLoader:
     """Training loaders shuffle and drop the last partial batch; evaluation loaders keep every sample."""
     if train and len(ds) // world_size < batch_size:
         raise click.ClickException(f"{len(ds)} training images are fewer than one batch of {batch_size} on "
                                    f"each of {world_size} rank(s); lower --batch-size")
-    return FolderLoader(SeededSamples(ds, seed), batch_size, workers, seed, rank, world_size, train, pin_memory)
+    return FolderLoader(SeededSamples(ds, seed, skip_bad), batch_size, workers, seed, rank, world_size, train,
+                        pin_memory)
