@@ -6,14 +6,15 @@ PIP := $(PY) -m pip
 PILLOW_SIMD := 12.1.1.post0
 PILLOW_FALLBACK := 12.1.1
 
-# make shards N=1 IMG=A [D=1281167] [S=256] [SEED=0] [WORKERS=2] [OUT=shards/...] [ARGS="--no-jitter ..."]
+# make shards N=1 IMG=A [D=1281167] [S=256] [SEED=0] [WORKERS=2] [OUT=shards/A] [ARGS="--no-jitter ..."]
+# (OUT defaults to shards/<image name>, the folder the README's commands read; pass OUT= for other N, S or D.)
 N ?= 1
 IMG ?= A
 D ?= 1281167
 S ?= 256
 SEED ?= 0
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-OUT ?= shards/$(notdir $(basename $(IMG)))-n$(N)-s$(S)-d$(D)
+OUT ?= shards/$(notdir $(basename $(IMG)))
 ARGS ?=
 # Named images (A, B, C) are looked up in $SOURCE_IMAGE_DIR; default to the workplace's shared copy if present.
 SOURCE_IMAGE_DIR ?= $(wildcard $(CURDIR)/../shared/data/images)
