@@ -23,7 +23,8 @@ from torch import nn
 
 from augment.manifest import read_manifest
 from train.config import CommonConfig, command, option
-from train.gan_nets import BiGANEncoder, JointDiscriminator, UpGenerator, fixed_noise, pair_grid, save_grid, training_noise
+from train.gan_nets import (BiGANEncoder, JointDiscriminator, NoiseState, UpGenerator, fixed_noise, pair_grid,
+                            save_grid, training_noise)
 from train.loader import make_loader, prepare, random_crop_flip
 from train.loop import Method, echo_stats, fit
 from train.run import Run, unwrap
@@ -130,7 +131,7 @@ def to_gen_size(x: torch.Tensor, cfg: Config) -> torch.Tensor:
                          align_corners=False)
 
 
-class BiGAN(Method):
+class BiGAN(NoiseState, Method):
     name, Config, evaluate_at_stop = "bigan", Config, True
 
     def check(self) -> None:
@@ -211,13 +212,6 @@ class BiGAN(Method):
             out["sheet"] = save_grid(fake, f"{tag}.png", nrow=8)
             out["recon_sheet"] = save_grid(pair_grid(x[:RECON], recon[:RECON]), f"{tag}-recon.png", nrow=8)
         return out
-
-    def extra_state(self) -> dict:
-        return {"noise_rng": self.noise.get_state()}
-
-    def load_extra(self, extra: dict) -> None:
-        if "noise_rng" in extra:
-            self.noise.set_state(extra["noise_rng"])
 
     def lr(self) -> float:
         return self._lr

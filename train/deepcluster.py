@@ -194,9 +194,6 @@ class DeepCluster(Method):
             self.prev = None if prev is None else prev.numpy()
             self.record = extra.get("record", {})
 
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
 
 def main(cfg: Config) -> dict:
     """Train DeepCluster on ``cfg.shards``; returns the last epoch's log record."""

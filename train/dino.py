@@ -159,9 +159,6 @@ class DINO(Method):
         if "center" in extra:
             self.center.copy_(extra["center"])
 
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
 
 def main(cfg: Config) -> dict:
     """Train DINO as configured; returns the last epoch's statistics."""

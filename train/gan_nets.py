@@ -188,3 +188,17 @@ def save_grid(images: torch.Tensor, path: str, nrow: int = 8, pad: int = 2) -> s
     with atomic_path(path, ".png") as tmp:
         Image.fromarray(sheet).save(tmp, format="PNG")
     return path
+
+
+class NoiseState:
+    """Mixin for a method whose training draws come from ``self.noise``: its state goes through the
+    checkpoint (``extra.noise_rng``), so a resumed run continues the exact sequence."""
+
+    noise: torch.Generator
+
+    def extra_state(self) -> dict:
+        return {"noise_rng": self.noise.get_state()}
+
+    def load_extra(self, extra: dict) -> None:
+        if "noise_rng" in extra:
+            self.noise.set_state(extra["noise_rng"])

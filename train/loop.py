@@ -96,7 +96,9 @@ class Method:
         return None
 
     def lr(self) -> float | None:
-        return None
+        """The learning rate to log: ``self.opt``'s first group's, when the method has one."""
+        opt = getattr(self, "opt", None)
+        return opt.param_groups[0]["lr"] if opt is not None else None
 
     def apply_changes(self, objects: dict[str, Any], changes: dict[str, tuple]) -> set[str]:
         """Apply options changed on ``--resume``; returns the names applied (default: ``lr``, by scaling

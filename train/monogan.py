@@ -18,8 +18,8 @@ import torch
 
 from augment.manifest import read_manifest
 from train.config import CommonConfig, command, option
-from train.gan_nets import (CRITIC_NORMS, Critic, UpGenerator, fixed_noise, interpolate, penalty_terms, save_grid,
-                            training_noise)
+from train.gan_nets import (CRITIC_NORMS, Critic, NoiseState, UpGenerator, fixed_noise, interpolate, penalty_terms,
+                            save_grid, training_noise)
 from train.loader import make_loader, prepare
 from train.loop import Method, echo_stats, fit
 from train.run import Run, unwrap
@@ -49,7 +49,7 @@ class Config(CommonConfig):
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("z_dim", "g_width", "critic_norm")
 
 
-class MonoGAN(Method):
+class MonoGAN(NoiseState, Method):
     name, Config, evaluate_at_stop = "monogan", Config, True
 
     def check(self) -> None:
@@ -141,13 +141,6 @@ class MonoGAN(Method):
         if run.dist.is_main:
             out["sheet"] = save_grid(fake, f"{run.cfg.out}/samples/step{run.step:07d}.png", nrow=8)
         return out
-
-    def extra_state(self) -> dict:
-        return {"noise_rng": self.noise.get_state()}
-
-    def load_extra(self, extra: dict) -> None:
-        if "noise_rng" in extra:
-            self.noise.set_state(extra["noise_rng"])
 
     def lr(self) -> float:
         return self.cfg.lr

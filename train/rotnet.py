@@ -103,9 +103,6 @@ class RotNet(Method):
         batches = itertools.islice(self.eval_loader.epoch(EVAL_EPOCH), self.cfg.eval_batches)
         return score(run, self.model, batches, lambda b: rotations(prepare(b[0], run.device)))
 
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
 
 def main(cfg: Config) -> dict:
     """Train RotNet as configured; returns the last epoch's statistics."""

@@ -111,9 +111,6 @@ class SimCLR(Method):
         self.opt.step()
         return {"loss": loss.detach()}
 
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
 
 def main(cfg: Config) -> dict:
     """Train SimCLR as configured; returns the last epoch's statistics."""

@@ -138,9 +138,6 @@ class Supervised(Method):
             batches = itertools.islice(batches, self.cfg.eval_batches)
         return score(run, self.model, batches, lambda b: self.to_xy(b, run), acc_key="top1")
 
-    def lr(self) -> float:
-        return self.opt.param_groups[0]["lr"]
-
 
 def main(cfg: Config) -> dict:
     """Train (or fine-tune) a supervised classifier as configured; returns the last epoch's statistics."""
