@@ -289,20 +289,36 @@ def test_a_real_full_disk_is_one_line_and_leaves_nothing(tmp_path, small_tmpfs, 
 # --------------------------------------------------------------------------- --out, option ranges, workers
 
 
-@pytest.mark.parametrize("where,expect", [("file", "a file stands where a folder is needed"),
-                                          ("proc", "cannot be created here"),
-                                          ("readonly", "permission denied")])
-def test_out_that_cannot_be_created_is_one_line(tmp_path, where, expect):
+def read_only_folder(tmp_path) -> tuple[str, str, callable]:
+    """A folder this process cannot write: a read-only tmpfs for root (who ignores modes), else mode 0555."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)]).returncode != 0:
+            pytest.skip("root, and no read-only tmpfs can be mounted here")
+        return str(ro), "the filesystem is read-only", lambda: subprocess.run(["umount", str(ro)], check=True)
+    ro.chmod(0o555)
+    return str(ro), "permission denied", lambda: ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["file", "proc", "readonly"])
+def test_out_that_cannot_be_created_is_one_line(tmp_path, where):
     if where == "proc" and not os.path.isdir("/proc/self"):
         pytest.skip("no /proc on this system")
-    if where == "readonly" and os.geteuid() == 0:
-        pytest.skip("root may write anywhere")
     (tmp_path / "plain").write_text("x")
-    (tmp_path / "ro").mkdir(mode=0o555)
-    out = {"file": str(tmp_path / "plain" / "o"), "proc": "/proc/single-image-ssl-probe",
-           "readonly": str(tmp_path / "ro" / "o")}[where]
     root, ck = make_tree(tmp_path / "tree", per_class=1), make_ckpt(tmp_path)
-    r = run(["--checkpoint", ck, "--data-root", root, "--out", out, "--workers", "0", "--device", "cpu"])
+    undo = lambda: None  # noqa: E731
+    if where == "file":
+        out, expect = str(tmp_path / "plain" / "o"), "a file stands where a folder is needed"
+    elif where == "proc":
+        out, expect = "/proc/single-image-ssl-probe", "cannot be created here"
+    else:
+        folder, expect, undo = read_only_folder(tmp_path)
+        out = os.path.join(folder, "o")
+    try:
+        r = run(["--checkpoint", ck, "--data-root", root, "--out", out, "--workers", "0", "--device", "cpu"])
+    finally:
+        undo()
     one_line_error(r, "--out", out, expect)
 
 
@@ -331,3 +347,29 @@ def test_workers_default_never_exceeds_the_usable_cpus(monkeypatch):
     assert f"[default: {want}; x>=0]" in " ".join(r.output.split())
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert usable_cpus() == 1
+
+
+@pytest.mark.slow  # a real process, killed with SIGKILL while it writes the cache (~15 s)
+def test_sigkill_during_the_cache_write_is_survived(tmp_path):
+    import signal
+    import time
+
+    root, ck = make_tree(tmp_path / "tree", per_class=60), make_ckpt(tmp_path)
+    args = cifar_args(tmp_path, ck, root, "killed") + ["--feature-batch-size", "4", "--layers", "conv1,conv4"]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-m", "probe.linear", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    cache, deadline = tmp_path / "cache", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any(".partial-" in f for _, _, files in os.walk(cache) for f in files):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before its cache write could be interrupted"
+    r = run(cifar_args(tmp_path, ck, root, "again") + ["--layers", "conv1,conv4"])
+    assert r.exit_code == 0, r.output
+    clean = run(cifar_args(tmp_path, ck, root, "clean") + ["--layers", "conv1,conv4", "--cache",
+                                                             str(tmp_path / "fresh")])  # the last --cache wins
+    assert clean.exit_code == 0, clean.output
+    assert json.load(open(tmp_path / "again" / RESULT))["top1"] == json.load(open(tmp_path / "clean" / RESULT))["top1"]
+    assert not [f for _, _, files in os.walk(cache) for f in files if ".partial-" in f]
