@@ -4,7 +4,7 @@ Two protocols (``--protocol``; ``auto`` picks by dataset and image size):
 
 * ``cifar`` (``--dataset cifar10|cifar100``, or an ImageFolder of 32x32 images such as the CIFAR-10 JPEG
   tree): inputs as stored, no augmentation, the whole activation flattened; features are computed once
-  into an HDF5 cache (``probe.cache``) and the probes train on them.
+  into a feature cache (``probe.cache``) and the probes train on them.
 * ``imagenet`` (an ImageFolder of any other size, train/ + val/): shorter edge 256, random 224 crop +
   flip each epoch, adaptive max-pool to ~9600 dims, ten-crop evaluation; all layers' probes share one
   backbone pass.

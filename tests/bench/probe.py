@@ -20,7 +20,7 @@ from train.models import Encoder, EncoderSpec
 
 
 def extraction(n: int, tmp: str) -> float:
-    """Images per second through the small encoder into a float16 HDF5 cache (all four layers)."""
+    """Images per second through the small encoder into a float16 feature cache (all four layers)."""
     ck = os.path.join(tmp, "ck.pt")
     write_bare_checkpoint(ck, method="random", cfg=CommonConfig(), encoder=Encoder(EncoderSpec(arch="small")))
     bb = load_backbone(ck)
