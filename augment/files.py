@@ -108,6 +108,12 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def user_cache_dir(*parts: str) -> str:
+    """This project's folder in the user cache: ``$XDG_CACHE_HOME`` (else ``~/.cache``)/single-image-ssl/parts."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "single-image-ssl", *parts)
+
+
 def pid_alive(pid: int) -> bool:
     """True when a process with this id exists (signal 0 probes without touching it)."""
     if pid <= 0:

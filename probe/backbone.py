@@ -17,6 +17,7 @@ import click
 import torch
 from torch import nn
 
+from augment.files import file_digest
 from train.checkpoint import CHECKPOINT, load_checkpoint
 from train.models import Encoder, EncoderSpec
 
@@ -49,14 +50,6 @@ def state_hash(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
         t = state[key].detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -205,7 +198,7 @@ def load_backbone(path: str, device: torch.device | str = "cpu", fold: bool = Tr
     freeze(encoder).to(device)
     bb = Backbone(encoder=encoder, path=os.path.abspath(path), method=str(ck.get("method", "unknown")),
                   config=dict(ck.get("config") or {}), spec=spec, encoder_hash=state_hash(spec, state),
-                  checkpoint_sha256=file_sha256(path), folded=n, epoch=ck.get("epoch"),
+                  checkpoint_sha256=file_digest(path), folded=n, epoch=ck.get("epoch"),
                   git=str(ck.get("git", "unknown")))
     bb.digest = weights_digest(encoder)
     return bb

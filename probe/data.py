@@ -4,6 +4,11 @@ Every image leaves here as uint8 ``C x H x W`` RGB; ``train.loader.prepare`` sca
 trainers' input range. Greyscale (and palette, CMYK, RGBA) files are converted with PIL's
 ``convert("RGB")``, which copies the grey level into all three channels (168 Tiny-ImageNet validation
 images need it).
+
+A file that cannot be decoded (not an image, truncated, corrupt) is named in a one-line error and stops
+the run; with ``--skip-bad-images`` such files are left out and counted (``BadImages``). Decoding
+happens in the loader's workers, which hand back a blank item and the reason, so the main process can
+name the file instead of printing a worker traceback.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 import click
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 DATASETS = ("cifar10", "cifar100", "imagefolder")
@@ -25,10 +30,45 @@ PICKLE_DIRS = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in ra
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+# What PIL raises for a file it cannot decode (UnidentifiedImageError and truncation are OSErrors).
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
 def pil_rgb(path: str) -> Image.Image:
     """Open an image file as RGB (greyscale and palette images converted)."""
     with open(path, "rb") as f, Image.open(f) as im:
         return im.convert("RGB")
+
+
+def try_rgb(path: str) -> tuple[Image.Image | None, str]:
+    """``(RGB image, "")``, or ``(None, why)`` when the file cannot be decoded."""
+    try:
+        return pil_rgb(path), ""
+    except UnidentifiedImageError:
+        return None, "not an image PIL can identify"
+    except UNREADABLE as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def bad_image_error(path: str, why: str) -> click.ClickException:
+    return click.ClickException(f"{path}: not a readable image ({why}); replace or remove the file, or pass "
+                                f"--skip-bad-images to leave such files out")
+
+
+class BadImages:
+    """Unreadable files met while loading: the first stops the run, unless ``skip`` (then they are counted)."""
+
+    def __init__(self, skip: bool):
+        self.skip, self.found = skip, {}
+
+    def keep(self, paths: list[str], whys: list[str]) -> torch.Tensor:
+        """Boolean mask of the readable items of a batch (``whys[i]`` is "" for a readable file)."""
+        for path, why in zip(paths, whys):
+            if why:
+                if not self.skip:
+                    raise bad_image_error(path, why)
+                self.found.setdefault(path, why)
+        return torch.tensor([not why for why in whys], dtype=torch.bool)
 
 
 def to_uint8(img: Image.Image) -> torch.Tensor:
@@ -73,14 +113,25 @@ def list_folder(split_dir: str, classes: list[str] | None = None) -> tuple[list[
     return classes, samples
 
 
+def image_size(path: str) -> tuple[int, int] | None:
+    """(H, W) from an image file's header; None when the file cannot be identified."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except UNREADABLE:
+        return None
+
+
 def first_image_size(split_dir: str) -> tuple[int, int] | None:
-    """(H, W) of the first image (sorted walk) under ``split_dir``; None when there is none."""
+    """(H, W) of the first identifiable image (sorted walk) under ``split_dir``; None when there is none.
+
+    An unreadable file is passed over here: it is named (or skipped) when the images are loaded.
+    """
     for dirpath, dirs, files in os.walk(split_dir):
         dirs.sort()
         for f in sorted(files):
-            if f.lower().endswith(IMAGE_EXTS):
-                with Image.open(os.path.join(dirpath, f)) as im:
-                    return im.height, im.width
+            if f.lower().endswith(IMAGE_EXTS) and (size := image_size(os.path.join(dirpath, f))) is not None:
+                return size
     return None
 
 
@@ -138,9 +189,12 @@ def read_pickles(folder: str, files: list[str], label_key: bytes, name: str) -> 
 
 def folder_split(root: str, name: str, classes: list[str] | None) -> tuple[list[str], Split]:
     classes, samples = list_folder(os.path.join(root, name), classes)
-    first = pil_rgb(samples[0][0])
+    size = next((sz for path, _ in samples if (sz := image_size(path)) is not None), None)
+    if size is None:
+        raise click.ClickException(f"{os.path.join(root, name)}: none of its {len(samples)} image files can be "
+                                   f"read; check the files")
     return classes, Split(name, np.asarray([s[1] for s in samples], dtype=np.int64), folder_key(samples, root),
-                          files=[s[0] for s in samples], size=(first.height, first.width))
+                          files=[s[0] for s in samples], size=size)
 
 
 def read_label_names(folder: str, dataset: str) -> list[str]:
@@ -176,10 +230,11 @@ def load_cifar(dataset: str, root: str) -> tuple[list[str], Split, Split]:
 
 
 class SplitImages(Dataset):
-    """Items ``(uint8 image, label, ok)``; ``ok`` is False when a file's size differs from the split's.
+    """Items ``(uint8 image, label, size_ok, why)``: ``size_ok`` is False when a file's size differs from
+    the split's, ``why`` says why a file could not be decoded ("" when it could).
 
-    The size check happens here (in the workers) but is reported by the main process, which can name
-    the file in a one-line error instead of a worker traceback.
+    Both checks happen here (in the workers) but are reported by the main process, which can name the
+    file in a one-line error instead of a worker traceback.
     """
 
     def __init__(self, split: Split):
@@ -191,23 +246,30 @@ class SplitImages(Dataset):
     def __getitem__(self, i: int):
         s = self.split
         if s.images is not None:
-            return torch.from_numpy(s.images[i]), int(s.labels[i]), True
-        img = pil_rgb(s.files[i])
+            return torch.from_numpy(s.images[i]), int(s.labels[i]), True, ""
+        img, why = try_rgb(s.files[i])
         h, w = s.size
-        if (img.height, img.width) != (h, w):
-            return torch.zeros(3, h, w, dtype=torch.uint8), int(s.labels[i]), False
-        return to_uint8(img), int(s.labels[i]), True
+        if img is None or (img.height, img.width) != (h, w):
+            return torch.zeros(3, h, w, dtype=torch.uint8), int(s.labels[i]), img is None, why
+        return to_uint8(img), int(s.labels[i]), True, ""
 
 
 # --------------------------------------------------------------------------- ImageNet-style
 
+TRAIN_CROPS = ("fixed", "resized")
 
-def imagenet_transforms(resize: int = 256, crop: int = 224):
-    """Train: shorter edge ``resize``, random ``crop``, h-flip; eval: the ten crops (corners, centre,
-    and their flips) stacked as ``10 x C x crop x crop``. Outputs are uint8."""
+
+def imagenet_transforms(resize: int = 256, crop: int = 224, train_crop: str = "fixed"):
+    """Train: ``fixed`` (the paper, RotNet's): shorter edge ``resize``, random ``crop``, h-flip;
+    ``resized`` (the released probe code): RandomResizedCrop(``crop``) (area 0.08-1, aspect 3/4-4/3), h-flip.
+    Eval: shorter edge ``resize``, the ten crops (corners, centre, and their flips) stacked as
+    ``10 x C x crop x crop``. Outputs are uint8."""
     from torchvision import transforms as T
 
-    train = T.Compose([T.Resize(resize), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.PILToTensor()])
+    if train_crop not in TRAIN_CROPS:
+        raise ValueError(f"unknown train crop {train_crop!r}: use one of {TRAIN_CROPS}")
+    first = [T.Resize(resize), T.RandomCrop(crop)] if train_crop == "fixed" else [T.RandomResizedCrop(crop)]
+    train = T.Compose(first + [T.RandomHorizontalFlip(), T.PILToTensor()])
     ten = T.Compose([T.Resize(resize), T.TenCrop(crop), StackCrops()])
     return train, ten
 
@@ -220,17 +282,24 @@ class StackCrops:
 
 
 class FolderImages(Dataset):
-    """An ImageFolder split with a transform (items: ``(uint8 tensor, label)``)."""
+    """An ImageFolder split with a transform; items ``(uint8 tensor, label, index, why)``.
 
-    def __init__(self, samples: list[tuple[str, int]], transform):
-        self.samples, self.transform = samples, transform
+    An undecodable file gives a zero tensor of ``blank`` shape and ``why`` (else ""), so that the main
+    process names it (``BadImages``).
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform, blank: tuple[int, ...]):
+        self.samples, self.transform, self.blank = samples, transform, blank
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        return self.transform(pil_rgb(path)), label
+        img, why = try_rgb(path)
+        if img is None:
+            return torch.zeros(self.blank, dtype=torch.uint8), label, i, why
+        return self.transform(img), label, i, ""
 
 
 def subset(samples: list, limit: int, seed: int) -> list:

@@ -5,6 +5,8 @@
   own and shown as RGB (Sobel encoders: the two gradient channels side by side, in grey).
 * ``layers RESULT... --supervised RESULT``: top-1 per layer, absolute (left) and relative to the
   supervised result in percent (right); ``--paper table2 --paper-rows f,k,p`` adds the paper's rows.
+  Each series knows its dataset: the relative panel refuses a series probed on another dataset than
+  the supervised one, and lines of several datasets on the absolute panel are labelled with theirs.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import os
 import click
 import numpy as np
 
-from probe.paper import LAYERS, TABLES, find_row
+from augment.files import atomic_path, describe_os_error
+from probe.paper import DATASET_COLUMNS, LAYERS, TABLES, find_row
 
 TILES_PER_ROW = 12
 
@@ -71,57 +74,83 @@ def plot_filters(checkpoint: str, out: str, title: str = "") -> str:
 
 
 def _save(fig, out: str) -> None:
+    """Write the figure atomically (the format follows the file's extension); one line on failure."""
     import matplotlib.pyplot as plt
 
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with atomic_path(out, suffix=os.path.splitext(out)[1]) as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+    except OSError as e:
+        raise click.ClickException(f"--out: {describe_os_error(e, out)}") from None
+    finally:
+        plt.close(fig)
 
 
-def series_from_results(paths: list[str], labels: list[str], metric: str) -> dict[str, dict[str, float]]:
-    """label -> {layer: top-1} for each probe result."""
-    from probe.table import read_result
+# A result's dataset as the paper's tables name it (a 32x32 ImageFolder stands for CIFAR-10, an
+# ImageNet-style folder for ImageNet: the same mapping probe.table uses for the paper's columns).
+PAPER_DATASET = {ours: col for cols in DATASET_COLUMNS.values() for ours, col in cols.items()}
 
-    if labels and len(labels) != len(paths):
-        raise click.ClickException(f"--label given {len(labels)} times for {len(paths)} results")
+
+def series_from_results(paths: list[str], labels: list[str], metric: str) -> dict[str, tuple[str, dict]]:
+    """label -> (dataset, {layer: top-1}) for each probe result (folders without one are skipped)."""
+    from probe.table import dataset_of, read_results
+
+    results, labels = read_results(paths, labels)
     key = "top1" if metric == "final" else "top1_best"
     out = {}
-    for i, p in enumerate(paths):
-        res = read_result(p)
-        out[labels[i] if labels else res.get("label", p)] = dict(res[key])
+    for i, res in enumerate(results):
+        dataset = dataset_of(res)
+        out[labels[i] if labels else res.get("label", res["_path"])] = (PAPER_DATASET.get(dataset, dataset),
+                                                                        dict(res[key]))
     return out
 
 
-def series_from_paper(table: str, rows: list[str]) -> dict[str, dict[str, float]]:
+def series_from_paper(table: str, rows: list[str]) -> dict[str, tuple[str, dict]]:
+    """The paper's rows as series (their first dataset column: Table 3's CIFAR-10)."""
     out = {}
     for name in rows:
         row = find_row(table, name)
         if row is None:
             raise click.ClickException(f"--paper-rows {name}: no such row in {table}")
-        values = next(iter(row.columns.values()))
-        out[f"paper ({row.key}) {row.label}"] = {ly: v for ly, v in zip(LAYERS[table], values) if v is not None}
+        dataset, values = next(iter(row.columns.items()))
+        out[f"paper ({row.key}) {row.label}"] = (dataset, {ly: v for ly, v in zip(LAYERS[table], values)
+                                                           if v is not None})
     return out
 
 
-def plot_layers(series: dict[str, dict[str, float]], supervised: str | None, out: str) -> str:
+def check_datasets(series: dict[str, tuple[str, dict]], supervised: str | None) -> bool:
+    """Refuse a percentage of another dataset's supervised probe; True when several datasets are plotted."""
+    if supervised is not None:
+        if supervised not in series:
+            raise click.ClickException(f"--supervised {supervised}: not among the plotted series")
+        ref = series[supervised][0]
+        other = next((n for n, (d, _) in series.items() if d != ref), None)
+        if other is not None:
+            raise click.ClickException(f"--supervised {supervised} was probed on {ref} but {other} on "
+                                       f"{series[other][0]}: a percentage needs both on one dataset; plot each "
+                                       f"dataset on its own")
+    return len({d for d, _ in series.values()}) > 1
+
+
+def plot_layers(series: dict[str, tuple[str, dict]], supervised: str | None, out: str) -> str:
     """Absolute top-1 per layer (left) and, with a supervised series, percent of it (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if supervised is not None and supervised not in series:
-        raise click.ClickException(f"--supervised {supervised}: not among the plotted series")
-    layers = sorted({ly for s in series.values() for ly in s}, key=lambda n: int(n.removeprefix("conv")))
+    several = check_datasets(series, supervised)
+    layers = sorted({ly for _, s in series.values() for ly in s}, key=lambda n: int(n.removeprefix("conv")))
     fig, axes = plt.subplots(1, 2 if supervised else 1, figsize=(11 if supervised else 5.5, 4), squeeze=False)
-    for name, s in series.items():
+    for name, (dataset, s) in sorted(series.items(), key=lambda kv: kv[1][0]):
         xs = [i for i, ly in enumerate(layers) if ly in s]
-        style = "--" if name.startswith("paper") else "-"
-        axes[0, 0].plot(xs, [s[layers[i]] for i in xs], style, marker="o", label=name)
+        style, label = ("--" if name.startswith("paper") else "-"), (f"{name} [{dataset}]" if several else name)
+        axes[0, 0].plot(xs, [s[layers[i]] for i in xs], style, marker="o", label=label)
         if supervised:
-            ref = series[supervised]
+            ref = series[supervised][1]
             xr = [i for i in xs if ref.get(layers[i])]
-            axes[0, 1].plot(xr, [100.0 * s[layers[i]] / ref[layers[i]] for i in xr], style, marker="o", label=name)
+            axes[0, 1].plot(xr, [100.0 * s[layers[i]] / ref[layers[i]] for i in xr], style, marker="o", label=label)
     for ax, ylabel in zip(axes[0], ["top-1 (%)", f"% of {supervised}"]):
         ax.set_xticks(range(len(layers)), layers)
         ax.set_ylabel(ylabel)
@@ -155,7 +184,7 @@ def filters_cmd(checkpoint: str, out: str, title: str) -> None:
 @click.option("--out", default="layers.png", show_default=True)
 def layers_cmd(results, labels, supervised, paper, paper_rows, metric, out) -> None:
     """Accuracy per layer for several RESULTs, absolute and relative to a supervised one (Fig. 6)."""
-    series = series_from_results(list(results), list(labels), metric)
+    series = series_from_results(list(results), list(labels), metric) if results else {}
     if paper:
         series |= series_from_paper(paper, [r for r in paper_rows.split(",") if r.strip()])
     if not series:

@@ -4,10 +4,14 @@ Two protocols (``--protocol``; ``auto`` picks by dataset and image size):
 
 * ``cifar`` (``--dataset cifar10|cifar100``, or an ImageFolder of 32x32 images such as the CIFAR-10 JPEG
   tree): inputs as stored, no augmentation, the whole activation flattened; features are computed once
-  into an HDF5 cache (``probe.cache``) and the probes train on them.
+  into a feature cache (``probe.cache``) and the probes train on them.
 * ``imagenet`` (an ImageFolder of any other size, train/ + val/): shorter edge 256, random 224 crop +
   flip each epoch, adaptive max-pool to ~9600 dims, ten-crop evaluation; all layers' probes share one
   backbone pass.
+
+``--variant paper`` (default) follows the paper's text; ``--variant released`` sets every option in which
+the released probe code (``yukimasano/linear-probes``) differs (``ProbeVariant``); an option given on its
+own wins over the variant's value, and ``probe.json`` records the resolved values.
 
 Writes ``OUT/probe.json`` (top-1 per layer, final and best, and everything needed to trust it) and
 ``OUT/log.jsonl`` (a header line, then one line per layer and epoch). See docs/probes.md.
@@ -18,7 +22,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import click
@@ -27,11 +31,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from augment.files import describe_os_error, write_text_atomic
 from probe import cache as fcache
 from probe.backbone import Backbone, load_backbone
-from probe.data import (DATASETS, FolderImages, eval_split_dir, first_image_size, folder_key, imagenet_transforms,
-                        list_folder, load_cifar, subset)
-from probe.heads import POOLINGS, SCHEDULES, LayerProbe, build_probes, lr_at, milestones, ten_crop_average
+from probe.data import (DATASETS, TRAIN_CROPS, BadImages, FolderImages, eval_split_dir, first_image_size, folder_key,
+                        imagenet_transforms, list_folder, load_cifar, subset)
+from probe.heads import (LINEAR_INITS, POOLINGS, PROBE_BNS, SCHEDULES, TEN_CROP_AVERAGES, LayerProbe, build_probes,
+                         lr_at, milestones, ten_crop_average)
 from train.loader import prepare
 from train.run import git_revision, library_versions, resolve_device
 
@@ -40,28 +46,65 @@ LOG = "log.jsonl"
 FORMAT = "single-image-ssl/probe"
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this OS
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ProbeVariant:
+    """The options ``--variant`` sets: the paper's text, or the released probe code (docs/probes.md).
+
+    The paper names neither a normalisation nor an init; ``feature`` BN and torch's init stand for it.
+    """
+
+    schedule: str = "paper"             # released: /10 at 10, 20, 30 (eval_linear_probes.py)
+    pooling: str = "paper"              # imagenet protocol only; released: fixed MaxPool2d per layer
+    ten_crop_average: str = "softmax"   # released: mean of logits
+    probe_bn: str = "feature"           # released: BatchNorm2d(C, affine=False) on the pooled map
+    linear_init: str = "default"        # released: xavier-uniform of the equivalent conv, bias 0
+    train_crop: str = "fixed"           # released: RandomResizedCrop(224) (data.py)
+
+
+VARIANTS = {"paper": ProbeVariant(),
+            "released": ProbeVariant(schedule="released", pooling="released", ten_crop_average="logits",
+                                     probe_bn="channel", linear_init="xavier", train_crop="resized")}
+VARIANT_OPTIONS = tuple(f.name for f in fields(ProbeVariant))
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Every option of a probe run (recorded in probe.json)."""
+    """Every option of a probe run (recorded in probe.json).
+
+    The options of ``ProbeVariant`` left at None take the value of ``variant``; ``pooling="auto"`` is
+    resolved with the protocol (CIFAR probes never pool).
+    """
 
     checkpoint: str = ""
     dataset: str = "cifar10"
     data_root: str = ""
     out: str = "runs/probe"
+    variant: str = "paper"
     epochs: int = 36
-    schedule: str = "paper"           # paper: /5 at 5, 15, 25; released: /10 at 10, 20, 30
+    schedule: str | None = None       # paper: /5 at 5, 15, 25; released: /10 at 10, 20, 30
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-5        # the paper gives none; the released probe code's value
     batch_size: int = 192             # the released probe code's value
-    workers: int = 2
+    workers: int = min(2, usable_cpus())
     device: str = "auto"
     seed: int = 0
     layers: tuple[str, ...] = ()      # empty: every conv block of the encoder
-    pooling: str = "auto"             # auto: none for CIFAR, paper for imagefolder
-    ten_crop_average: str = "softmax"
-    probe_bn: bool = True             # BatchNorm1d(affine=False) before each linear layer
-    cache: str = ""                   # empty: <parent of out>/feature-cache
+    pooling: str = "auto"             # auto: none for CIFAR, the variant's for imagefolder
+    ten_crop_average: str | None = None
+    probe_bn: str | None = None       # feature | channel | none
+    linear_init: str | None = None    # default | xavier
+    train_crop: str | None = None     # fixed | resized (imagenet protocol)
+    skip_bad_images: bool = False     # leave undecodable images out (counted) instead of stopping
+    cache: str = ""                   # empty: the user cache folder (probe.cache.default_cache_dir)
     cache_dtype: str = "float16"
     feature_batch_size: int = 256
     eval_every: int = 1
@@ -74,11 +117,24 @@ class ProbeConfig:
     threads: int = 0                  # torch CPU threads; 0: torch's default for backbone passes, 1 for cached probes
     jobs: int = 1                     # CIFAR: layers' probes trained in this many processes (CPU)
     protocol: str = "auto"            # auto: cifar for cifar10/100 and 32x32 folders, imagenet otherwise
-    keep_cache: bool = True           # False: delete this run's cache file afterwards (disk: ~3.2 GB per
+    keep_cache: bool = True           # False: delete this run's cache files afterwards (disk: ~3.2 GB per
                                       # checkpoint for CIFAR-10 with the small encoder)
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}: use one of {', '.join(VARIANTS)}")
+        for name in VARIANT_OPTIONS:
+            if name != "pooling" and getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(VARIANTS[self.variant], name))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted(asdict(self).items()))
+
+    def variant_overrides(self) -> dict[str, Any]:
+        """The resolved options that differ from their variant's values (given on their own)."""
+        base = VARIANTS[self.variant]
+        skip = {"pooling"} if self.protocol == "cifar" or self.pooling == "auto" else set()
+        return {n: getattr(self, n) for n in VARIANT_OPTIONS if n not in skip and getattr(self, n) != getattr(base, n)}
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -90,13 +146,18 @@ class ProbeLog:
     def __init__(self, path: str, header: dict[str, Any] | None, t0: float | None = None):
         self.path, self.t0 = path, t0 or time.time()
         if header is not None:  # None: append to a log another process started (--jobs)
-            with open(path, "w") as f:
-                f.write(json.dumps(header, default=str) + "\n")
+            self._write("w", json.dumps(header, default=str))
 
     def __call__(self, record: dict[str, Any]) -> None:
         record = {"elapsed_s": round(time.time() - self.t0, 3)} | record
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        self._write("a", json.dumps(record, sort_keys=True, default=str))
+
+    def _write(self, mode: str, line: str) -> None:
+        try:
+            with open(self.path, mode) as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise click.ClickException(describe_os_error(e, self.path, len(line) + 1)) from None
 
 
 def bar(it=None, **kw):
@@ -105,12 +166,24 @@ def bar(it=None, **kw):
     return tqdm(it, dynamic_ncols=True, mininterval=1.0, file=sys.stderr, leave=False, **kw)
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+def write_result(obj: Any, path: str) -> None:
+    """probe.json, atomically: a full disk leaves the previous file as it was and no temporary file."""
+    text = json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n"
+    try:
+        write_text_atomic(path, text)
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e, path, len(text.encode()))) from None
+
+
+def make_out(out: str) -> None:
+    """Create ``--out`` (one line when it cannot be: under a regular file, on a read-only or pseudo fs)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except FileNotFoundError as e:  # a pseudo filesystem such as /proc refuses new folders this way
+        raise click.ClickException(f"--out {out}: cannot be created here ({e.strerror}); choose a folder on a "
+                                   f"writable disk") from None
+    except OSError as e:
+        raise click.ClickException(f"--out: {describe_os_error(e, out)}") from None
 
 
 def make_optimizer(params, cfg: ProbeConfig) -> torch.optim.SGD:
@@ -158,8 +231,11 @@ def accuracy(probe: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.devic
 
 
 def train_cached_layer(name: str, train: tuple, test: tuple, num_classes: int, cfg: ProbeConfig,
-                       device: torch.device, log: ProbeLog, pbar=None) -> list[tuple[int, float]]:
+                       device: torch.device, log: ProbeLog, pbar=None,
+                       shape: tuple[int, ...] | None = None) -> list[tuple[int, float]]:
     """Train one layer's probe on cached features; returns [(epoch, test top-1)] at each evaluation.
+
+    ``shape`` is the activation's ``C x H x W`` (for the per-channel BN); None: each feature a channel.
 
     Probes of different layers share nothing, and every layer sees the same seeded batch order, so
     training them one after another equals training them together (and keeps one layer in memory).
@@ -168,7 +244,8 @@ def train_cached_layer(name: str, train: tuple, test: tuple, num_classes: int, c
     # torch's index_select + float() on a float16 tensor is 3x faster than numpy fancy indexing + convert.
     xtr_t, ytr_t = torch.from_numpy(np.ascontiguousarray(xtr)), torch.from_numpy(np.asarray(ytr, dtype=np.int64))
     torch.manual_seed(cfg.seed)
-    probe = LayerProbe(nn.Identity(), xtr.shape[1], num_classes, cfg.probe_bn).to(device)
+    probe = LayerProbe(nn.Identity(), shape or (xtr.shape[1], 1, 1), num_classes, cfg.probe_bn,
+                       cfg.linear_init).to(device)
     opt, lossf, history = make_optimizer(probe.parameters(), cfg), nn.CrossEntropyLoss(), []
     for epoch in range(cfg.epochs):
         lr, total, correct, seen = set_lr(opt, cfg, epoch), 0.0, 0, 0
@@ -201,9 +278,10 @@ def train_cached_layer(name: str, train: tuple, test: tuple, num_classes: int, c
 def train_layer_from_cache(path: str, splits: tuple[str, str], name: str, num_classes: int, cfg: ProbeConfig,
                            device: torch.device, log: ProbeLog, pbar=None) -> tuple[list, int]:
     """Load one layer's cached features (only that layer is in memory) and train its probe."""
-    xtr, ytr, _ = fcache.load_layer(path, splits[0], name)
+    xtr, ytr, chw = fcache.load_layer(path, splits[0], name)
     xte, yte, _ = fcache.load_layer(path, splits[1], name)
-    return train_cached_layer(name, (xtr, ytr), (xte, yte), num_classes, cfg, device, log, pbar), int(xtr.shape[1])
+    history = train_cached_layer(name, (xtr, ytr), (xte, yte), num_classes, cfg, device, log, pbar, chw)
+    return history, int(xtr.shape[1])
 
 
 def _layer_job(path: str, splits: tuple[str, str], name: str, num_classes: int, cfg: ProbeConfig,
@@ -234,6 +312,15 @@ def train_layers_parallel(path: str, splits: tuple[str, str], layers: list[str],
     return out
 
 
+def report_skipped(skipped: dict[str, dict[str, str]], log: ProbeLog) -> None:
+    """One line (and a log event) when unreadable images were left out (``--skip-bad-images``)."""
+    count = sum(len(v) for v in skipped.values())
+    if count:
+        per = ", ".join(f"{len(v)} in {k}" for k, v in skipped.items() if v)
+        click.echo(f"skipped {count} unreadable image file(s) ({per}); probe.json lists them", err=True)
+        log({"event": "skipped_images", "count": count, "files": skipped})
+
+
 def limit_split(split, limit: int, seed: int) -> None:
     """Keep a seeded subset of ``limit`` samples (0: all); the split's key changes with it."""
     if not limit or limit >= len(split):
@@ -251,11 +338,13 @@ def run_cifar(cfg: ProbeConfig, bb: Backbone, layers: list[str], device: torch.d
     classes, tr, te = load_cifar(cfg.dataset, cfg.data_root)
     limit_split(tr, cfg.limit_train, cfg.seed)
     limit_split(te, cfg.limit_eval, cfg.seed)
-    cache_dir = cfg.cache or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "feature-cache")
-    path = fcache.cache_file(cache_dir, bb.encoder_hash, cfg.dataset, [tr, te], cfg.cache_dtype)
-    stats = fcache.ensure(bb, [tr, te], layers, path, batch_size=cfg.feature_batch_size, workers=cfg.workers,
-                          device=device, dtype=cfg.cache_dtype, progress=lambda it, **kw: bar(it, **kw))
+    path = fcache.entry_dir(cfg.cache, bb.encoder_hash, cfg.dataset, [tr, te], cfg.cache_dtype)
+    stats = fcache.ensure(bb, [tr, te], layers, path, skip_bad=cfg.skip_bad_images, batch_size=cfg.feature_batch_size,
+                          workers=cfg.workers, device=device, dtype=cfg.cache_dtype,
+                          progress=lambda it, **kw: bar(it, **kw))
     log({"event": "features", "cache": path, "stats": stats})
+    skipped = {s: stats[s]["skipped_images"] for s in stats}
+    report_skipped(skipped, log)
     jobs = min(cfg.jobs, len(layers)) if device.type == "cpu" else 1
     threads_before = torch.get_num_threads()
     if device.type == "cpu" and not cfg.threads:
@@ -273,11 +362,12 @@ def run_cifar(cfg: ProbeConfig, bb: Backbone, layers: list[str], device: torch.d
         torch.set_num_threads(threads_before)
     history, dims = {n: out[n][0] for n in layers}, {n: out[n][1] for n in layers}
     if not cfg.keep_cache:
-        os.remove(path)
+        fcache.remove_entry_files(path, [tr.name, te.name], layers)
         log({"event": "cache_deleted", "cache": path})
-    resolved = {"num_classes": len(classes), "train_count": len(tr), "eval_count": len(te), "eval_split": te.name,
+    resolved = {"num_classes": len(classes), "train_count": len(tr) - len(skipped[tr.name]),
+                "eval_count": len(te) - len(skipped[te.name]), "eval_split": te.name, "skipped_images": skipped,
                 "image_size": list(tr.size or ()), "dims": dims, "data_keys": {tr.name: tr.key, te.name: te.key},
-                "cache": {"path": path, "dtype": cfg.cache_dtype, "stats": stats, "kept": cfg.keep_cache}}
+                "cache": {"folder": path, "dtype": cfg.cache_dtype, "stats": stats, "kept": cfg.keep_cache}}
     return history, resolved
 
 
@@ -290,12 +380,22 @@ def activation_shapes(bb: Backbone, layers: list[str], size: int, device: torch.
     return {n: tuple(f.shape[1:]) for n, f in feats.items()}
 
 
+def readable(batch, loader: DataLoader, bad: BadImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a ``FolderImages`` batch without its unreadable items (``bad`` decides)."""
+    images, labels, index, whys = batch
+    keep = bad.keep([loader.dataset.samples[i][0] for i in index.tolist()], list(whys))
+    return (images, labels) if bool(keep.all()) else (images[keep], labels[keep])
+
+
 def train_epoch(bb: Backbone, probes: nn.ModuleDict, loader: DataLoader, opt, device: torch.device,
-                desc: str) -> dict[str, float]:
+                desc: str, bad: BadImages) -> dict[str, float]:
     """One epoch of every layer's probe from shared backbone passes (loss = sum over layers)."""
     probes.train()
     lossf, total, seen = nn.CrossEntropyLoss(), 0.0, 0
-    for images, labels in bar(loader, total=len(loader), desc=desc):
+    for batch in bar(loader, total=len(loader), desc=desc):
+        images, labels = readable(batch, loader, bad)
+        if len(labels) < 2:  # BatchNorm cannot normalise one sample
+            continue
         feats = bb.features(prepare(images, device), list(probes.keys()))
         y = labels.to(device)
         loss = sum(lossf(probes[n](feats[n]), y) for n in probes)
@@ -309,11 +409,14 @@ def train_epoch(bb: Backbone, probes: nn.ModuleDict, loader: DataLoader, opt, de
 
 @torch.no_grad()
 def evaluate_ten_crop(bb: Backbone, probes: nn.ModuleDict, loader: DataLoader, device: torch.device,
-                      how: str) -> dict[str, float]:
+                      how: str, bad: BadImages) -> dict[str, float]:
     """Top-1 per layer with the scores of each image's crops averaged (``how``: softmax or logits)."""
     probes.eval()
     correct, seen = {n: 0 for n in probes}, 0
-    for crops, labels in bar(loader, total=len(loader), desc="ten-crop eval"):
+    for batch in bar(loader, total=len(loader), desc="ten-crop eval"):
+        crops, labels = readable(batch, loader, bad)
+        if not len(labels):
+            continue
         n, k = crops.shape[:2]
         feats = bb.features(prepare(crops.flatten(0, 1), device), list(probes.keys()))
         for name, probe in probes.items():
@@ -340,29 +443,35 @@ def run_imagenet(cfg: ProbeConfig, bb: Backbone, layers: list[str], device: torc
     _, eval_samples = list_folder(os.path.join(cfg.data_root, eval_name), classes)
     train_samples = subset(train_samples, cfg.limit_train, cfg.seed)
     eval_samples = subset(eval_samples, cfg.limit_eval, cfg.seed)
-    train_tf, ten_tf = imagenet_transforms(cfg.resize, cfg.crop)
-    train_set, eval_set = FolderImages(train_samples, train_tf), FolderImages(eval_samples, ten_tf)
+    train_tf, ten_tf = imagenet_transforms(cfg.resize, cfg.crop, cfg.train_crop)
+    in_ch = bb.encoder.spec.in_channels
+    train_set = FolderImages(train_samples, train_tf, (in_ch, cfg.crop, cfg.crop))
+    eval_set = FolderImages(eval_samples, ten_tf, (10, in_ch, cfg.crop, cfg.crop))
     shapes = activation_shapes(bb, layers, cfg.crop, device)
     torch.manual_seed(cfg.seed)
     try:
         probes = build_probes(shapes, cfg.pooling, bb.spec.get("arch", "alexnet"), len(classes),
-                              cfg.probe_bn).to(device)
+                              cfg.probe_bn, cfg.linear_init).to(device)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     opt, history = make_optimizer(probes.parameters(), cfg), {n: [] for n in layers}
+    bad = {"train": BadImages(cfg.skip_bad_images), eval_name: BadImages(cfg.skip_bad_images)}
     for epoch in range(cfg.epochs):
         lr = set_lr(opt, cfg, epoch)
         train_loader, eval_loader = imagenet_loaders(cfg, epoch, train_set, eval_set)
         rec = {"epoch": epoch + 1, "lr": lr} | train_epoch(bb, probes, train_loader, opt, device,
-                                                            f"epoch {epoch + 1}/{cfg.epochs}")
+                                                            f"epoch {epoch + 1}/{cfg.epochs}", bad["train"])
         if not np.isfinite(rec["loss_sum_layers"]):
             raise click.ClickException(f"probe loss is {rec['loss_sum_layers']} at epoch {epoch + 1}; lower --lr")
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            rec["top1"] = evaluate_ten_crop(bb, probes, eval_loader, device, cfg.ten_crop_average)
+            rec["top1"] = evaluate_ten_crop(bb, probes, eval_loader, device, cfg.ten_crop_average, bad[eval_name])
             for name, acc in rec["top1"].items():
                 history[name].append((epoch + 1, acc))
         log(rec)
-    resolved = {"num_classes": len(classes), "train_count": len(train_samples), "eval_count": len(eval_samples),
+    skipped = {k: dict(sorted(b.found.items())) for k, b in bad.items()}
+    report_skipped(skipped, log)
+    resolved = {"num_classes": len(classes), "train_count": len(train_samples) - len(skipped["train"]),
+                "eval_count": len(eval_samples) - len(skipped[eval_name]), "skipped_images": skipped,
                 "eval_split": eval_name, "activation_shapes": {n: list(s) for n, s in shapes.items()},
                 "data_keys": {"train": folder_key(train_samples, cfg.data_root),
                               eval_name: folder_key(eval_samples, cfg.data_root)},
@@ -374,23 +483,30 @@ def run_imagenet(cfg: ProbeConfig, bb: Backbone, layers: list[str], device: torc
 
 
 def check_config(cfg: ProbeConfig) -> ProbeConfig:
-    """Validate option combinations; resolve ``pooling=auto``."""
+    """Validate option combinations; resolve ``pooling=auto`` (by protocol and variant) and the cache folder."""
     if cfg.dataset not in DATASETS:
         raise click.ClickException(f"--dataset {cfg.dataset}: use one of {', '.join(DATASETS)}")
     if not cfg.data_root:
         raise click.ClickException("--data-root is required (a CIFAR pickle folder or an ImageFolder tree)")
-    if cfg.schedule not in SCHEDULES:
-        raise click.ClickException(f"--schedule {cfg.schedule}: use one of {', '.join(SCHEDULES)}")
+    for name, choices in (("schedule", SCHEDULES), ("ten_crop_average", TEN_CROP_AVERAGES),
+                          ("probe_bn", PROBE_BNS), ("linear_init", LINEAR_INITS), ("train_crop", TRAIN_CROPS)):
+        if getattr(cfg, name) not in choices:
+            raise click.ClickException(f"--{name.replace('_', '-')} {getattr(cfg, name)}: use one of "
+                                       f"{', '.join(choices)}")
     protocol = resolve_protocol(cfg)
-    pooling = cfg.pooling if cfg.pooling != "auto" else ("paper" if protocol == "imagenet" else "none")
+    pooling = cfg.pooling if cfg.pooling != "auto" else (VARIANTS[cfg.variant].pooling if protocol == "imagenet"
+                                                         else "none")
     if pooling not in POOLINGS:
         raise click.ClickException(f"--pooling {cfg.pooling}: use auto or one of {', '.join(POOLINGS)}")
     if protocol == "cifar" and pooling != "none":
         raise click.ClickException(f"--pooling {pooling}: CIFAR probes use the full activation (paper §4.1); "
                                    f"use --pooling none or auto")
+    if protocol == "imagenet" and cfg.crop > cfg.resize:
+        raise click.ClickException(f"--crop {cfg.crop} is larger than --resize {cfg.resize}: the ten evaluation "
+                                   f"crops are cut from the resized image; give a --crop of at most --resize")
     if os.path.isfile(os.path.join(cfg.out, RESULT)) and not cfg.overwrite:
         raise click.ClickException(f"{cfg.out} already holds {RESULT}; choose another --out or pass --overwrite")
-    return replace(cfg, pooling=pooling, protocol=protocol)
+    return replace(cfg, pooling=pooling, protocol=protocol, cache=cfg.cache or fcache.default_cache_dir())
 
 
 def resolve_protocol(cfg: ProbeConfig) -> str:
@@ -419,9 +535,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    make_out(cfg.out)  # before anything slow: an --out that cannot exist fails at once
     bb = load_backbone(cfg.checkpoint, device)
     layers = bb.check_layers(list(cfg.layers))
-    os.makedirs(cfg.out, exist_ok=True)
     t0 = time.time()
     log = ProbeLog(os.path.join(cfg.out, LOG), {"git": git_revision(), "config": cfg.to_dict(), "argv": sys.argv,
                                                 "checkpoint": checkpoint_facts(bb), "versions": library_versions()})
@@ -436,14 +552,16 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
               "best_epoch": {n: s["best_epoch"] for n, s in summary.items()},
               "history": {n: [[e, a] for e, a in h] for n, h in history.items()},
               "config": cfg.to_dict(), "checkpoint": checkpoint_facts(bb),
-              "resolved": resolved | {"pooling": cfg.pooling, "milestones": milestones(cfg.schedule, cfg.epochs),
+              "resolved": resolved | {"pooling": cfg.pooling,
+                                      "variant": {"name": cfg.variant, "overrides": cfg.variant_overrides()},
+                                      "milestones": milestones(cfg.schedule, cfg.epochs),
                                       "lr_per_epoch": [lr_at(e, cfg.schedule, cfg.epochs, cfg.lr)
                                                        for e in range(cfg.epochs)],
                                       "backbone_forward_calls": bb.forward_calls},
               "backbone_unchanged": True, "device": str(device), "git": git_revision(),
               "versions": library_versions(), "elapsed_s": round(time.time() - t0, 2),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json_atomic(result, os.path.join(cfg.out, RESULT))
+    write_result(result, os.path.join(cfg.out, RESULT))
     log({"event": "done", "top1": result["top1"]})
     return result
 
@@ -451,48 +569,81 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- CLI
 
 
+class Finite(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan (which compares false with any bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not in the range {self._describe_range()}", param, ctx)
+        return number
+
+
+D = ProbeConfig()
+
+
+def variant_help(name: str, what: str) -> str:
+    return (f"{what} Default: from --variant (paper: {getattr(VARIANTS['paper'], name)}, released: "
+            f"{getattr(VARIANTS['released'], name)}).")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", required=True, help="checkpoint.pt of any trainer, or its run folder.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASETS), default=D.dataset, show_default=True)
 @click.option("--data-root", required=True, help="CIFAR pickles (cifar-10-batches-py) or an ImageFolder tree.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Writes probe.json and log.jsonl.")
-@click.option("--epochs", default=36, show_default=True, type=click.IntRange(1),
+@click.option("--variant", type=click.Choice(sorted(VARIANTS)), default=D.variant, show_default=True,
+              help="paper: the paper's text; released: every option below where yukimasano/linear-probes differs "
+                   "(an option given on its own wins).")
+@click.option("--epochs", default=D.epochs, show_default=True, type=click.IntRange(1),
               help="Fewer than 36 scales the lr milestones: round(m*E/36).")
-@click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default="paper", show_default=True,
-              help="paper: /5 at 5,15,25; released: /10 at 10,20,30.")
-@click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--momentum", default=0.9, show_default=True, type=float)
-@click.option("--weight-decay", default=1e-5, show_default=True, type=click.FloatRange(min=0))
-@click.option("--batch-size", default=192, show_default=True, type=click.IntRange(2))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default=None,
+              help=variant_help("schedule", "paper: /5 at 5,15,25; released: /10 at 10,20,30."))
+@click.option("--lr", default=D.lr, show_default=True, type=Finite(0, 10, min_open=True))
+@click.option("--momentum", default=D.momentum, show_default=True, type=Finite(0, 1, max_open=True))
+@click.option("--weight-decay", default=D.weight_decay, show_default=True, type=Finite(0, 1))
+@click.option("--batch-size", default=D.batch_size, show_default=True, type=click.IntRange(2))
+@click.option("--workers", default=D.workers, show_default=True, type=click.IntRange(0),
+              help="Loader processes (default: 2, or fewer when fewer CPUs are usable).")
+@click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", default=D.seed, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--layers", default="", help="Comma-separated subset, e.g. conv1,conv2 (default: all).")
-@click.option("--pooling", type=click.Choice(("auto",) + POOLINGS), default="auto", show_default=True,
-              help="auto: none for the cifar protocol, paper (adaptive to ~9600 dims) for imagenet.")
-@click.option("--ten-crop-average", type=click.Choice(("softmax", "logits")), default="softmax",
-              show_default=True, help="softmax: DeepCluster (the paper); logits: released probe code.")
-@click.option("--probe-bn/--no-probe-bn", default=True, show_default=True,
-              help="Non-affine BatchNorm before each linear classifier.")
-@click.option("--cache", default="", help="Feature cache folder (CIFAR). Default: <parent of --out>/feature-cache.")
-@click.option("--keep-cache/--drop-cache", default=True, show_default=True,
-              help="--drop-cache deletes this run's feature cache file when the probes are done.")
-@click.option("--cache-dtype", type=click.Choice(fcache.DTYPES), default="float16", show_default=True)
-@click.option("--feature-batch-size", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--eval-every", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--limit-train", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--pooling", type=click.Choice(("auto",) + POOLINGS), default=D.pooling, show_default=True,
+              help="auto: none for the cifar protocol; for imagenet the variant's (paper: adaptive to ~9600 dims, "
+                   "released: fixed MaxPool2d).")
+@click.option("--ten-crop-average", type=click.Choice(TEN_CROP_AVERAGES), default=None,
+              help=variant_help("ten_crop_average", "softmax: DeepCluster (the paper); logits: released probe code."))
+@click.option("--probe-bn", type=click.Choice(PROBE_BNS), default=None,
+              help=variant_help("probe_bn", "Non-affine BatchNorm before each linear layer: per feature, per "
+                                            "channel (released), or none."))
+@click.option("--linear-init", type=click.Choice(LINEAR_INITS), default=None,
+              help=variant_help("linear_init", "default: torch's; xavier: the released xavier-uniform, bias 0."))
+@click.option("--train-crop", type=click.Choice(TRAIN_CROPS), default=None,
+              help=variant_help("train_crop", "imagenet protocol: fixed: shorter edge --resize, random --crop; "
+                                              "resized: RandomResizedCrop(--crop)."))
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out image files that cannot be decoded (counted in probe.json) instead of stopping.")
+@click.option("--cache", default=D.cache, help="Feature cache folder (CIFAR protocol). Default: the user cache, "
+                                               "$XDG_CACHE_HOME (or ~/.cache)/single-image-ssl/features.")
+@click.option("--keep-cache/--drop-cache", default=D.keep_cache, show_default=True,
+              help="--drop-cache deletes this run's feature cache files when the probes are done.")
+@click.option("--cache-dtype", type=click.Choice(fcache.DTYPES), default=D.cache_dtype, show_default=True)
+@click.option("--feature-batch-size", default=D.feature_batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--eval-every", default=D.eval_every, show_default=True, type=click.IntRange(1))
+@click.option("--limit-train", default=D.limit_train, show_default=True, type=click.IntRange(0),
               help="Seeded subset of training images (quick checks only).")
-@click.option("--limit-eval", default=0, show_default=True, type=click.IntRange(0))
-@click.option("--resize", default=256, show_default=True, type=click.IntRange(1), help="imagenet protocol: shorter edge.")
-@click.option("--crop", default=224, show_default=True, type=click.IntRange(1), help="imagenet protocol: crop size.")
-@click.option("--label", default="", help="Row label for probe.table (default: the checkpoint's method).")
+@click.option("--limit-eval", default=D.limit_eval, show_default=True, type=click.IntRange(0))
+@click.option("--resize", default=D.resize, show_default=True, type=click.IntRange(1),
+              help="imagenet protocol: shorter edge.")
+@click.option("--crop", default=D.crop, show_default=True, type=click.IntRange(1), help="imagenet protocol: crop size.")
+@click.option("--label", default=D.label, help="Row label for probe.table (default: the checkpoint's method).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing probe.json in --out.")
-@click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--threads", default=D.threads, show_default=True, type=click.IntRange(0),
               help="torch CPU threads for everything (0: torch's default for backbone passes, 1 for "
                    "CIFAR probe steps on cached features).")
-@click.option("--protocol", type=click.Choice(["auto", "cifar", "imagenet"]), default="auto", show_default=True,
+@click.option("--protocol", type=click.Choice(["auto", "cifar", "imagenet"]), default=D.protocol, show_default=True,
               help="auto: cifar for cifar10/100 and ImageFolders of 32x32 images, imagenet for other ImageFolders.")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--jobs", default=D.jobs, show_default=True, type=click.IntRange(1),
               help="CIFAR on the CPU: train the layers' probes in this many processes (same results).")
 def main(**kw) -> None:
     """Train linear probes on every conv layer of a frozen, BN-folded checkpoint."""

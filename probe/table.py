@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import click
 
+from augment.files import describe_os_error, write_text_atomic
 from probe.linear import FORMAT, RESULT
 from probe.paper import DATASET_COLUMNS, LAYERS, TABLES, find_row
 
@@ -50,6 +51,36 @@ def read_result(path: str) -> dict:
         raise click.ClickException(f"{path}: not a probe.json written by probe.linear")
     res["_path"] = path
     return res
+
+
+def read_results(paths: list[str], labels: list[str] = ()) -> tuple[list[dict], list[str]]:
+    """The results among ``paths`` (and their ``labels``, when one is given per path).
+
+    A folder holding no probe.json (a feature cache, a run still going) is skipped with one line, so
+    that a glob such as ``probes/*`` works; a file that is not a probe result is still an error.
+    """
+    if labels and len(labels) != len(paths):
+        raise click.ClickException(f"--label given {len(labels)} times for {len(paths)} results; give one per "
+                                   f"result, in the same order, or none")
+    results, kept = [], []
+    for i, path in enumerate(paths):
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, RESULT)):
+            click.echo(f"skipped {path}: no {RESULT} in it", err=True)
+            continue
+        results.append(read_result(path))
+        kept += [labels[i]] if labels else []
+    if not results:
+        raise click.ClickException(f"no probe results among the {len(paths)} path(s) given; run "
+                                   f"`python -m probe.linear` first")
+    return results, kept
+
+
+def write_output(path: str, text: str) -> None:
+    """Write a table or figure's text atomically; a failure is one line naming the file."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as e:
+        raise click.ClickException(f"--out: {describe_os_error(e, path, len(text.encode()))}") from None
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -140,11 +171,11 @@ def make_table(results: list[dict], labels: list[str] = (), paper: str | None = 
 @click.option("--out", default="table.md", show_default=True, help="Markdown file to write ('-': print only).")
 def main(results: tuple[str, ...], paper: str | None, labels: tuple[str, ...], metric: str, out: str) -> None:
     """Print (and write) a Markdown table of probe results, rows = methods, columns = layers."""
-    text = make_table([read_result(p) for p in results], labels, paper, metric)
+    found, labels = read_results(list(results), list(labels))
+    text = make_table(found, labels, paper, metric)
     click.echo(text)
     if out != "-":
-        with open(out, "w") as f:
-            f.write(text)
+        write_output(out, text)
         click.echo(f"wrote {out}", err=True)
 
 

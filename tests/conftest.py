@@ -23,3 +23,11 @@ def toy_set(tmp_path):
     from tests.toyset import make_toy_set
 
     return make_toy_set(str(tmp_path / "toy"), count=64, size=32, per_shard=16)
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty user cache (feature caches, named images), never the real ~/.cache."""
+    path = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path))
+    return path

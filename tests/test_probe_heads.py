@@ -35,8 +35,54 @@ def test_small_encoder_dims():
 def test_probe_forward_shape_and_bn_is_not_affine():
     probes = build_probes({"conv1": (96, 55, 55)}, "paper", "alexnet", 7)
     assert probes["conv1"](torch.randn(3, 96, 55, 55)).shape == (3, 7)
-    assert not probes["conv1"].bn.affine
-    assert isinstance(LayerProbe(torch.nn.Identity(), 4, 2, bn=False).bn, torch.nn.Identity)
+    assert not probes["conv1"].bn.affine and isinstance(probes["conv1"].bn, torch.nn.BatchNorm1d)
+    assert probes["conv1"].shape == (96, 10, 10) and probes["conv1"].dim == 9600
+    assert isinstance(LayerProbe(torch.nn.Identity(), (4, 1, 1), 2, bn="none").bn, torch.nn.Identity)
+    with pytest.raises(ValueError, match="probe bn"):
+        LayerProbe(torch.nn.Identity(), (4, 1, 1), 2, bn="group")
+
+
+def test_channel_bn_normalises_each_channel_of_the_pooled_map():
+    torch.manual_seed(0)
+    probe = build_probes({"conv2": (8, 12, 12)}, "none", "small", 3, bn="channel")["conv2"]
+    assert isinstance(probe.bn, torch.nn.BatchNorm2d) and not probe.bn.affine and probe.bn.num_features == 8
+    # Channel c has mean 10c and scale c+1 at every position: a per-channel BN maps every channel to
+    # mean 0 / variance 1 over (N, h, w), while positions inside a channel keep their differences.
+    x = torch.randn(64, 8, 12, 12) * torch.arange(1, 9).view(1, 8, 1, 1) + 10 * torch.arange(8).view(1, 8, 1, 1)
+    x[:, :, 0, 0] += 5.0
+    seen = {}
+    probe.fc.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+    probe.train()(x)
+    z = seen["x"].view(64, *probe.shape)
+    torch.testing.assert_close(z.mean((0, 2, 3)), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var((0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
+    assert (z[:, :, 0, 0].mean(0) > z[:, :, 1, 1].mean(0) + 0.3).all()  # a per-feature BN would erase this
+    pooled = probe.pool(x)
+    want = probe.fc(torch.flatten(torch.nn.functional.batch_norm(pooled, None, None, training=True), 1))
+    torch.testing.assert_close(probe(x), want)
+    flat = LayerProbe(torch.nn.Identity(), probe.shape, 3, bn="channel")  # cached CIFAR features: flattened
+    flat.fc.load_state_dict(probe.fc.state_dict())
+    torch.testing.assert_close(flat.train()(torch.flatten(pooled, 1)), want)
+
+
+@pytest.mark.parametrize("shape,classes", [((96, 10, 10), 1000), ((256, 6, 6), 7), ((64, 1, 1), 4)])
+def test_xavier_init_is_the_released_conv_init(shape, classes):
+    torch.manual_seed(3)
+    probe = LayerProbe(torch.nn.Identity(), shape, classes, init="xavier")
+    c, h, w = shape
+    bound = (6.0 / ((c + classes) * h * w)) ** 0.5  # the fans of Conv2d(c, classes, kernel h x w)
+    weight = probe.fc.weight
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.98 * bound
+    assert torch.count_nonzero(probe.fc.bias) == 0
+    torch.manual_seed(3)
+    torch.nn.Linear(c * h * w, classes)  # the default init runs first, then the released one replaces it
+    conv = torch.empty(classes, c, h, w)
+    torch.nn.init.xavier_uniform_(conv)
+    torch.testing.assert_close(weight, conv.reshape(classes, -1))
+    torch.manual_seed(3)
+    default = LayerProbe(torch.nn.Identity(), shape, classes).fc.weight
+    torch.manual_seed(3)
+    torch.testing.assert_close(default, torch.nn.Linear(c * h * w, classes).weight)  # --linear-init default
 
 
 def test_paper_schedule_each_epoch():

@@ -62,7 +62,7 @@ def test_cifar_folder_probe_and_cache_hit(tmp_path):
     assert first["resolved"]["cache"]["stats"]["train"]["hit"] is False
     assert first["resolved"]["backbone_forward_calls"] > 0
     assert first["resolved"]["dims"] == {"conv1": 11616, "conv2": 9216, "conv3": 3456, "conv4": 2304}
-    path = first["resolved"]["cache"]["path"]
+    path = first["resolved"]["cache"]["folder"]
     second = run_probe(cfg(tmp_path, ck, root, "b"))
     assert second["resolved"]["cache"]["stats"]["train"]["hit"] is True
     assert second["resolved"]["backbone_forward_calls"] == 0
@@ -72,8 +72,7 @@ def test_cifar_folder_probe_and_cache_hit(tmp_path):
     folder = run_probe(cfg(tmp_path, ck, root, "d", dataset="imagefolder", keep_cache=False))  # 32x32: CIFAR
     assert folder["protocol"] == "cifar" and folder["resolved"]["pooling"] == "none"
     assert folder["top1"] == first["top1"]
-    assert not os.path.exists(folder["resolved"]["cache"]["path"]) and os.path.exists(path)
-    path = first["resolved"]["cache"]["path"]
+    assert not os.path.exists(folder["resolved"]["cache"]["folder"]) and os.path.exists(path)
     feats, labels, chw = fcache.load_layer(path, "train", "conv2")
     assert feats.dtype == np.float16 and feats.shape == (12, 9216) and chw == (256, 6, 6)
     assert labels.tolist() == sorted(labels.tolist())
@@ -98,7 +97,7 @@ def test_cache_round_trip_matches_backbone(tmp_path):
     root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
     bb = load_backbone(ck)
     _, tr, te = load_cifar("cifar10", root)
-    path = str(tmp_path / "c.h5")
+    path = str(tmp_path / "entry")
     stats = fcache.ensure(bb, [tr], ["conv3"], path, batch_size=5, workers=0, device=torch.device("cpu"),
                           dtype="float32")
     assert stats["train"]["backbone_batches"] == 3
@@ -106,7 +105,9 @@ def test_cache_round_trip_matches_backbone(tmp_path):
     x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in tr.files])
     want = bb.features(prepare(x, torch.device("cpu")), ["conv3"])["conv3"].flatten(1).numpy()
     np.testing.assert_allclose(feats, want, rtol=1e-5, atol=1e-5)
-    assert fcache.present(path, "train", ["conv3", "conv4"]) == ["conv3"]
+    assert fcache.status(fcache.layer_file(path, "train", "conv3"), tr, bb.encoder_hash) == ""
+    assert fcache.status(fcache.layer_file(path, "train", "conv4"), tr, bb.encoder_hash) is None
+    assert sorted(os.listdir(path)) == ["train.conv3.features", "train.conv3.json"]  # no temporary file left
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
@@ -250,3 +251,70 @@ def test_imagefolder_at_224(tmp_path):
     root, ck = make_tree(tmp_path / "tree", splits=("train", "val"), per_class=2), make_ckpt(tmp_path, "alexnet")
     res = run_probe(cfg(tmp_path, ck, root, dataset="imagefolder", epochs=1, pooling="released", protocol="imagenet"))
     assert res["resolved"]["dims"] == {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv5": 9216}
+
+
+def test_variants_resolve_and_explicit_options_win():
+    from probe.linear import VARIANT_OPTIONS, VARIANTS
+
+    paper, released = ProbeConfig(), ProbeConfig(variant="released")
+    assert (paper.schedule, paper.ten_crop_average, paper.probe_bn, paper.linear_init, paper.train_crop) == \
+        ("paper", "softmax", "feature", "default", "fixed")
+    assert (released.schedule, released.ten_crop_average, released.probe_bn, released.linear_init,
+            released.train_crop) == ("released", "logits", "channel", "xavier", "resized")
+    assert all(getattr(VARIANTS["paper"], n) != getattr(VARIANTS["released"], n) for n in VARIANT_OPTIONS)
+    mixed = ProbeConfig(variant="released", probe_bn="feature", protocol="imagenet")
+    assert mixed.probe_bn == "feature" and mixed.variant_overrides() == {"probe_bn": "feature"}
+    with pytest.raises(ValueError, match="unknown variant"):
+        ProbeConfig(variant="both")
+
+
+def test_cli_variant_released_is_recorded(tmp_path):
+    root = make_tree(tmp_path / "tree", splits=("train", "val"), per_class=2, size=40)
+    ck = make_ckpt(tmp_path, "alexnet")
+    base = ["--checkpoint", ck, "--dataset", "imagefolder", "--data-root", root, "--epochs", "1", "--workers", "0",
+            "--batch-size", "4", "--resize", "72", "--crop", "64", "--layers", "conv1,conv5", "--device", "cpu",
+            "--variant", "released"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    res = json.load(open(tmp_path / "r" / RESULT))
+    c = res["config"]
+    assert (c["variant"], c["schedule"], c["ten_crop_average"], c["probe_bn"], c["linear_init"], c["train_crop"]) == \
+        ("released", "released", "logits", "channel", "xavier", "resized")
+    assert res["resolved"]["pooling"] == "released" and res["resolved"]["variant"] == {"name": "released",
+                                                                                      "overrides": {}}
+    assert res["resolved"]["milestones"] == [max(1, round(m / 36)) for m in (10, 20, 30)]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "m"), "--pooling", "paper", "--probe-bn", "none"])
+    assert r.exit_code == 0, r.output
+    res = json.load(open(tmp_path / "m" / RESULT))
+    assert res["resolved"]["variant"]["overrides"] == {"pooling": "paper", "probe_bn": "none"}
+    assert res["config"]["linear_init"] == "xavier" and res["resolved"]["pooling"] == "paper"
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), "--variant", "both"])
+    assert r.exit_code == 2 and "'both' is not one of" in r.output
+
+
+def test_cached_probe_bn_and_init_options_change_the_training(tmp_path):
+    root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
+    losses = {}
+    for name, kw in {"feature": {}, "channel": {"probe_bn": "channel"},
+                     "xavier": {"linear_init": "xavier"}}.items():
+        res = run_probe(cfg(tmp_path, ck, root, name, layers=("conv2",), **kw))
+        assert res["config"]["probe_bn"] == kw.get("probe_bn", "feature")
+        losses[name] = [r["loss"] for r in map(json.loads, open(tmp_path / name / LOG)) if "loss" in r]
+    assert losses["feature"] != losses["channel"] and losses["feature"] != losses["xavier"]
+
+
+def test_train_crop_options_are_the_named_transforms():
+    from torchvision import transforms as T
+
+    from probe.data import imagenet_transforms
+
+    fixed, _ = imagenet_transforms(80, 64, "fixed")
+    resized, ten = imagenet_transforms(80, 64, "resized")
+    assert [type(t) for t in fixed.transforms[:2]] == [T.Resize, T.RandomCrop]
+    rrc = resized.transforms[0]
+    assert isinstance(rrc, T.RandomResizedCrop) and rrc.size == (64, 64) and rrc.scale == (0.08, 1.0)
+    assert rrc.ratio == pytest.approx((3 / 4, 4 / 3))
+    img = Image.new("RGB", (50, 120))
+    assert resized(img).shape == fixed(img).shape == (3, 64, 64) and ten(img).shape == (10, 3, 64, 64)
+    with pytest.raises(ValueError, match="train crop"):
+        imagenet_transforms(80, 64, "centre")

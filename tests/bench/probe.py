@@ -21,7 +21,7 @@ from train.models import Encoder, EncoderSpec
 
 
 def extraction(n: int, tmp: str) -> float:
-    """Images per second through the small encoder into a float16 HDF5 cache (all four layers)."""
+    """Images per second through the small encoder into a float16 feature cache (all four layers)."""
     ck = os.path.join(tmp, "ck.pt")
     write_bare_checkpoint(ck, method="random", cfg=CommonConfig(), encoder=Encoder(EncoderSpec(arch="small")))
     bb = load_backbone(ck)
@@ -29,7 +29,7 @@ def extraction(n: int, tmp: str) -> float:
     split = Split("train", rng.integers(0, 10, n), "bench", images=rng.integers(0, 255, (n, 3, 32, 32),
                                                                                  dtype=np.uint8), size=(32, 32))
     t = time.perf_counter()
-    fcache.extract(bb, split, bb.layer_names, os.path.join(tmp, "c.h5"), batch_size=256, workers=0,
+    fcache.extract(bb, split, bb.layer_names, os.path.join(tmp, "cache"), batch_size=256, workers=0,
                    device=torch.device("cpu"))
     return n / (time.perf_counter() - t)
 
