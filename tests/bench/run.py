@@ -8,10 +8,13 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import re
 import subprocess
 import time
 
 import click
+
+from augment.files import write_text_atomic
 
 SECTIONS = ["render", "variants", "loader", "loop", "cluster", "probe", "gans"]
 
@@ -47,9 +50,37 @@ def main(out: str, only: tuple[str, ...], quick: bool) -> None:
     if quick:
         click.echo(text)
         return
-    with open(out, "w") as f:
-        f.write(text)
+    if only and os.path.isfile(out):
+        with open(out) as f:
+            text = splice(f.read(), parts[1:], parts[0])
+    write_text_atomic(out, text)
     click.echo(f"wrote {out}", err=True)
+
+
+def _sections(text: str) -> list[str]:
+    """A report cut before each ``## `` heading (the first piece is the title block)."""
+    return re.split(r"(?m)^(?=## )", text)
+
+
+def splice(old: str, new_sections: list[str], title: str) -> str:
+    """``old`` with the sections of the same ``## `` heading replaced by the new ones (others appended);
+    the title block notes which sections were re-measured and when."""
+    pieces = _sections(old)
+    heads = [p.splitlines()[0] if p.startswith("## ") else None for p in pieces]
+    for sec in new_sections:
+        for part in _sections(sec):
+            if not part.startswith("## "):
+                continue
+            head = part.splitlines()[0]
+            if head in heads:
+                pieces[heads.index(head)] = part.rstrip() + "\n\n"
+            else:
+                pieces.append(part.rstrip() + "\n\n")
+                heads.append(head)
+    note = title.strip().replace("Measured by `make bench` on", "Sections re-measured by `make bench --only` on")
+    names = ", ".join(f"`{p.splitlines()[0][3:]}`" for p in new_sections if p.startswith("## "))
+    head = [ln for ln in pieces[0].rstrip().splitlines() if not ln.startswith("Sections re-measured")]
+    return "\n".join(head).rstrip() + f"\n\n{note.splitlines()[-1]} ({names})\n\n" + "".join(pieces[1:]).rstrip() + "\n"
 
 
 if __name__ == "__main__":
