@@ -175,3 +175,15 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.raises(Exception, match="not a readable checkpoint"):
         load_checkpoint(str(p))
+
+
+def test_version_1_checkpoints_without_a_digest_still_load(tmp_path):
+    from probe.backbone import load_backbone
+    from train.models import Encoder, EncoderSpec
+
+    enc = Encoder(EncoderSpec(arch="small"))
+    old = {"format": "single-image-ssl/checkpoint", "version": 1, "method": "random", "config": {},
+           "encoder_spec": enc.spec.to_dict(), "encoder": enc.state_dict(), "state": {}, "epoch": 0, "step": 0}
+    torch.save(old, tmp_path / "checkpoint.pt")
+    assert load_checkpoint(str(tmp_path))["version"] == 1
+    assert load_backbone(str(tmp_path)).encoder.spec.arch == "small"
