@@ -97,6 +97,29 @@ def weights_digest(module: nn.Module) -> str:
     return state_hash({}, {k: v for k, v in module.state_dict().items()})
 
 
+def activations(encoder: Encoder, x: torch.Tensor, layers: list[str],
+                pre_activation: bool = False) -> dict[str, torch.Tensor]:
+    """``layers``' activations, with gradients to ``x`` where autograd is on (style transfer, unit
+    visualisation); ``pre_activation`` gives each block's input to its nonlinearity instead."""
+    out = {}
+    last = max(layers, key=encoder.layer_names.index)
+    if encoder.sobel is not None:
+        x = encoder.sobel(x)
+    for name, block in encoder.blocks.items():
+        if pre_activation and name in layers:
+            out[name] = block[:-1](x)
+            x = block[-1](out[name].clone())  # the nonlinearity is in place
+        else:
+            x = block(x)
+            if name in layers:
+                out[name] = x
+        if name == last:
+            break
+        if name in encoder.pools:
+            x = encoder.pools[name](x)
+    return out
+
+
 @dataclass
 class Backbone:
     """A frozen, folded encoder and where it came from."""
@@ -118,13 +141,13 @@ class Backbone:
     def layer_names(self) -> list[str]:
         return self.encoder.layer_names
 
-    def check_layers(self, layers: list[str]) -> list[str]:
-        """``layers`` (default: all) after checking the encoder has each one; a clear error otherwise."""
+    def check_layers(self, layers: list[str], option: str = "--layers") -> list[str]:
+        """``layers`` (default: all) after checking the encoder has each one; a clear error naming ``option``."""
         if not layers:
             return self.layer_names
         missing = [n for n in layers if n not in self.layer_names]
         if missing:
-            raise click.ClickException(f"--layers {missing[0]}: the {self.spec.get('arch')} encoder of "
+            raise click.ClickException(f"{option} {missing[0]}: the {self.spec.get('arch')} encoder of "
                                        f"{self.path} has no such layer; it has {', '.join(self.layer_names)}")
         return sorted(layers, key=self.layer_names.index)
 
@@ -136,19 +159,7 @@ class Backbone:
         (AlexNet on 32x32 CIFAR: conv5 is 1x1) still work.
         """
         self.forward_calls += 1
-        enc, out = self.encoder, {}
-        last = max(layers, key=self.layer_names.index)
-        if enc.sobel is not None:
-            x = enc.sobel(x)
-        for name, block in enc.blocks.items():
-            x = block(x)
-            if name in layers:
-                out[name] = x
-            if name == last:
-                break
-            if name in enc.pools:
-                x = enc.pools[name](x)
-        return out
+        return activations(self.encoder, x, layers)
 
     def assert_unchanged(self) -> None:
         """Fail loudly if probing moved a weight or a BN statistic, or left the backbone in train mode."""
