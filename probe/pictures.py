@@ -36,7 +36,7 @@ def read_image(path: str, option: str, size: int = 0) -> torch.Tensor:
 
 
 def to_encoder(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images -> the encoders' (-1, 1) input range (``train.data.prepare``'s)."""
+    """[0, 1] images -> the encoders' (-1, 1) input range (``train.loader.prepare``'s)."""
     return x * 2.0 - 1.0
 
 

@@ -25,7 +25,7 @@ import torch
 from probe.backbone import Backbone, activations, load_backbone
 from probe.pictures import (describe_backbone, describe_file, panel_figure, read_image, to_encoder, to_numpy,
                             write_config)
-from train.engine import resolve_device
+from train.run import resolve_device
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from probe.backbone import Backbone, activations, load_backbone
 from probe.data import IMAGE_EXTS
 from probe.pictures import (describe_backbone, mosaic, panel_figure, read_image, to_encoder, to_numpy,
                             write_config)
-from train.common_cli import DEFAULT_INPUT
-from train.engine import resolve_device
+from train.classifier import DEFAULT_INPUT
+from train.run import resolve_device
 
 # Lucid's colour decorrelation: square root of ImageNet's colour covariance (optvis/param/color.py)
 COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])

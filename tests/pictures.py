@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from train.engine import CommonConfig, write_bare_checkpoint
+from train.config import CommonConfig
+from train.run import write_bare_checkpoint
 from train.models import Encoder, EncoderSpec
 
 

@@ -10,7 +10,8 @@ from probe.backbone import load_backbone
 from probe.visualize import (ImageParam, MaximizeConfig, RetrieveConfig, cli, list_images, maximize, retrieve,
                              standard_transforms, unit_response)
 from tests.pictures import blobs, encoder_checkpoint, one_line_error, write_image
-from train.engine import CommonConfig, write_bare_checkpoint
+from train.config import CommonConfig
+from train.run import write_bare_checkpoint
 from train.models import Encoder, EncoderSpec
 
 
