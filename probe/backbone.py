@@ -77,7 +77,8 @@ def fold_encoder(encoder: Encoder) -> int:
     """Fold every block's BatchNorm into its conv in place (BN -> Identity); returns how many were folded."""
     n = 0
     for block in encoder.blocks.values():
-        if isinstance(block[1], nn.BatchNorm2d):
+        # only conv-BN-act blocks (a scattering frontend or an identity block is left as it is)
+        if isinstance(block, nn.Sequential) and len(block) > 1 and isinstance(block[1], nn.BatchNorm2d):
             block[0] = fold_bn(block[0], block[1])
             block[1] = nn.Identity()
             n += 1

@@ -90,3 +90,35 @@ def test_fine_tuning_bad_input(folder, tmp_path):
     assert r.exit_code != 0 and "holds a 'small' encoder" in r.output and "--arch small" in r.output
     r = invoke("--data", folder, "--out", tmp_path / "b", *FAST, "--init-from", init, "--freeze", "conv5")
     assert r.exit_code != 0 and "--freeze conv5: no such block" in r.output
+
+
+def test_scattering_frontend_trains_conv3_on_and_the_probes_read_it(folder, tmp_path):
+    from probe.backbone import load_backbone
+    from train.scattering import ScatteringFrontend
+
+    out = tmp_path / "scat"
+    r = invoke("--data", folder, "--out", out, *FAST, "--epochs", "1", "--frontend", "scattering")
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(str(out))
+    assert ck["encoder_spec"]["frontend"] == "scattering" and ck["encoder_spec"]["frontend_size"] == 32
+    bb = load_backbone(str(out))
+    assert isinstance(bb.encoder.blocks["conv1"], ScatteringFrontend)
+    x = torch.zeros(2, 3, 32, 32)
+    assert bb.encoder.features(x, ["conv3"])["conv3"].shape == (2, 384, 3, 3)
+    # the transform itself has no parameters: only the adapter (and conv3 on) learned
+    assert not list(bb.encoder.blocks["conv1"].scattering.parameters())
+
+
+@pytest.mark.parametrize("extra,needle", [(["--arch", "alexnet", "--size", "50"], "AlexNet needs inputs"),
+                                          (["--init-from", "x.pt"], "drop one of the two")])
+def test_scattering_frontend_bad_combinations_are_one_line(folder, tmp_path, extra, needle):
+    r = invoke("--data", folder, "--out", tmp_path / "r", "--frontend", "scattering", "--batch-size", "4",
+               "--workers", "0", "--device", "cpu", *([] if "--arch" in extra else ["--arch", "small"]), *extra)
+    assert r.exit_code == 1 and needle in r.output and "Traceback" not in r.output
+
+
+def test_init_from_a_checkpoint_without_conv1_conv2_is_refused(folder, tmp_path):
+    scat = tmp_path / "scat"
+    assert invoke("--data", folder, "--out", scat, *FAST, "--max-steps", "1", "--frontend", "scattering").exit_code == 0
+    r = invoke("--data", folder, "--out", tmp_path / "ft", *FAST, "--init-from", scat, "--freeze", "conv1,conv2")
+    assert r.exit_code == 1 and "no conv1/conv2 to initialise" in r.output

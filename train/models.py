@@ -47,6 +47,8 @@ class EncoderSpec:
     act: str = "relu"         # "relu" or "leaky" (BiGAN: leaky ReLU, slope 0.2)
     sobel: bool = False       # DeepCluster's fixed Sobel front end (grey -> two gradient channels)
     in_channels: int = 3
+    frontend: str = "conv"    # "scattering": conv1-2 replaced by a fixed scattering + 1x1 adapter (Table 4)
+    frontend_size: int = 0    # the input side the scattering frontend is built for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +114,19 @@ class Encoder(nn.Module):
             c_in = c_out
         self.out_channels = c_in
         self.reset_parameters()
+        if spec.frontend == "scattering":
+            self._scattering_frontend()
+
+    def _scattering_frontend(self) -> None:
+        """conv1 becomes the scattering frontend (it yields conv2's pooled output), conv2 the identity."""
+        from train.scattering import ScatteringFrontend
+
+        self.blocks["conv1"] = ScatteringFrontend(self.spec.arch, self.spec.frontend_size,
+                                                  in_channels=self.spec.in_channels)
+        self.blocks["conv2"] = nn.Identity()
+        for name in ("conv1", "conv2"):
+            if name in self.pools:
+                del self.pools[name]
 
     @property
     def layer_names(self) -> list[str]:

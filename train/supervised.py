@@ -41,13 +41,16 @@ class Config(CommonConfig):
     weight_decay: float = option(1e-4, "L2 weight decay.", lo=0)
     milestones: tuple[int, ...] = option((30, 60), "Epochs at which the lr is multiplied by --gamma.")
     gamma: float = option(0.1, "lr multiplier at each milestone.", lo=0, lo_open=True)
+    frontend: str = option("conv", "conv1-2: learned convolutions (conv), or a fixed 2-D scattering transform "
+                           "(J = 2, L = 8) with a 1x1 adapter, the paper's Table 4 'Scattering' row.",
+                           choices=("conv", "scattering"))
     init_from: str = option("", "Start the encoder from this checkpoint (any trainer's).")
     freeze: tuple[str, ...] = option((), "Blocks kept fixed, e.g. conv1,conv2.")
     eval_batches: int = option(0, "Evaluation batches after each epoch (0: the whole split).", lo=0)
     skip_bad_images: bool = option(False, "Skip images that cannot be decoded (counted in the log) instead "
                                    "of stopping at the first one.")
 
-    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset")
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset", "frontend")
     UNUSED: ClassVar[tuple[str, ...]] = ("shards", "verify_stream")
 
     @property
@@ -57,10 +60,26 @@ class Config(CommonConfig):
 
 def initial_spec(cfg: Config) -> tuple[EncoderSpec, dict | None]:
     """The encoder spec to build, and the encoder weights to start from (``--init-from``)."""
+    if cfg.frontend == "scattering":
+        if cfg.init_from:
+            raise click.ClickException("--frontend scattering replaces conv1-2, so --init-from has nothing to put "
+                                       "there; drop one of the two")
+        from train.scattering import frontend_output
+
+        try:
+            frontend_output(cfg.arch, cfg.input_size)
+        except ValueError as e:
+            raise click.ClickException(f"--frontend scattering: {e}") from None
+        return EncoderSpec(arch=cfg.arch, frontend="scattering", frontend_size=cfg.input_size), None
     if not cfg.init_from:
         return EncoderSpec(arch=cfg.arch), None
     ck = load_checkpoint(cfg.init_from)
     spec = EncoderSpec.from_dict(ck["encoder_spec"])
+    keys = [k.removeprefix("module.") for k in ck["encoder"]]
+    blocks = {k.split(".")[1] for k in keys if k.startswith("blocks.")}
+    if spec.frontend != "conv" or not {"conv1", "conv2"} <= blocks:
+        raise click.ClickException(f"--init-from {cfg.init_from}: its encoder has no conv1/conv2 to initialise "
+                                   f"(frontend {spec.frontend!r}); use a checkpoint of a convolutional encoder")
     if spec.arch != cfg.arch:
         raise click.ClickException(f"--init-from {cfg.init_from} holds a {spec.arch!r} encoder, not {cfg.arch!r}; "
                                    f"pass --arch {spec.arch}")
