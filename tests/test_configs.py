@@ -22,7 +22,7 @@ OPTIONS = {
                          "--sample-every", "--z-dim"},
     "supervised": COMMON - {"--shards"} | {"--arch", "--data", "--dataset", "--eval-batches", "--freeze", "--gamma",
                                            "--init-from", "--lr", "--milestones", "--momentum", "--size",
-                                           "--weight-decay", "--frontend", "--skip-bad-images"},
+                                           "--weight-decay", "--frontend", "--skip-bad-images", "--init-layers"},
     "random_init": {"--arch", "--out", "--seed", "--sobel"},
     "simclr": COMMON | {"--arch", "--temperature", "--lr"},
     "dino": COMMON | {"--arch", "--local-crops", "--teacher-temp", "--student-temp", "--ema", "--center-momentum"},

@@ -122,3 +122,21 @@ def test_init_from_a_checkpoint_without_conv1_conv2_is_refused(folder, tmp_path)
     assert invoke("--data", folder, "--out", scat, *FAST, "--max-steps", "1", "--frontend", "scattering").exit_code == 0
     r = invoke("--data", folder, "--out", tmp_path / "ft", *FAST, "--init-from", scat, "--freeze", "conv1,conv2")
     assert r.exit_code == 1 and "no conv1/conv2 to initialise" in r.output
+
+
+def test_init_layers_takes_only_the_named_blocks(folder, tmp_path):
+    from train import random_init
+
+    init = tmp_path / "init"
+    random_init.main(random_init.Config(out=str(init), arch="small", seed=3))
+    src = load_checkpoint(str(init))["encoder"]
+    out = tmp_path / "ft"
+    r = invoke("--data", folder, "--out", out, *FAST, "--max-steps", "1", "--init-from", init,
+               "--init-layers", "conv1,conv2", "--freeze", "conv1,conv2")
+    assert r.exit_code == 0, r.output
+    got = load_checkpoint(str(out))["encoder"]
+    assert torch.equal(got["blocks.conv1.0.weight"], src["blocks.conv1.0.weight"])
+    assert torch.equal(got["blocks.conv2.0.weight"], src["blocks.conv2.0.weight"])
+    assert not torch.equal(got["blocks.conv3.0.weight"], src["blocks.conv3.0.weight"])
+    r = invoke("--data", folder, "--out", tmp_path / "bad", *FAST, "--init-from", init, "--init-layers", "conv9")
+    assert r.exit_code == 1 and "--init-layers conv9: no such block" in r.output

@@ -45,6 +45,8 @@ class Config(CommonConfig):
                            "(J = 2, L = 8) with a 1x1 adapter, the paper's Table 4 'Scattering' row.",
                            choices=("conv", "scattering"))
     init_from: str = option("", "Start the encoder from this checkpoint (any trainer's).")
+    init_layers: tuple[str, ...] = option((), "Blocks taken from --init-from, e.g. conv1,conv2 (the paper's Table 5); "
+                                          "the others keep their random initialisation. Empty: all.")
     freeze: tuple[str, ...] = option((), "Blocks kept fixed, e.g. conv1,conv2.")
     eval_batches: int = option(0, "Evaluation batches after each epoch (0: the whole split).", lo=0)
     skip_bad_images: bool = option(False, "Skip images that cannot be decoded (counted in the log) instead "
@@ -91,6 +93,13 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     spec, weights = initial_spec(cfg)
     model = build_classifier(spec, num_classes, cfg.input_size)
     if weights is not None:
+        unknown = [n for n in cfg.init_layers if n not in model.encoder.blocks]
+        if unknown:
+            raise click.ClickException(f"--init-layers {unknown[0]}: no such block; {spec.arch} has "
+                                       f"{','.join(model.encoder.layer_names)}")
+        if cfg.init_layers:
+            own = model.encoder.state_dict()
+            weights = own | {k: v for k, v in weights.items() if k.split(".")[1] in cfg.init_layers}
         try:
             model.encoder.load_state_dict(weights)
         except RuntimeError as e:
