@@ -39,19 +39,12 @@ from probe.data import (DATASETS, TRAIN_CROPS, BadImages, FolderImages, eval_spl
 from probe.heads import (LINEAR_INITS, POOLINGS, PROBE_BNS, SCHEDULES, TEN_CROP_AVERAGES, LayerProbe, build_probes,
                          lr_at, milestones, ten_crop_average)
 from train.loader import prepare
+from train.config import Finite, available_cpus
 from train.run import git_revision, library_versions, resolve_device
 
 RESULT = "probe.json"
 LOG = "log.jsonl"
 FORMAT = "single-image-ssl/probe"
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this OS
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -94,7 +87,7 @@ class ProbeConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5        # the paper gives none; the released probe code's value
     batch_size: int = 192             # the released probe code's value
-    workers: int = min(2, usable_cpus())
+    workers: int = min(2, available_cpus())
     device: str = "auto"
     seed: int = 0
     layers: tuple[str, ...] = ()      # empty: every conv block of the encoder
@@ -567,16 +560,6 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-class Finite(click.FloatRange):
-    """``click.FloatRange`` that also refuses nan (which compares false with any bound)."""
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if number != number:
-            self.fail(f"{value!r} is not in the range {self._describe_range()}", param, ctx)
-        return number
 
 
 D = ProbeConfig()

@@ -65,3 +65,11 @@ def test_a_missing_shards_option_is_named(tmp_path):
 
     r = CliRunner().invoke(rotnet.cli, ["--out", str(tmp_path / "r")])
     assert r.exit_code == 1 and "--shards is missing" in r.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    from train import rotnet
+
+    r = CliRunner().invoke(rotnet.cli, ["--shards", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", value])
+    assert r.exit_code == 2 and "--lr" in r.output and "finite" in r.output

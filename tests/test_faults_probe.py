@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from probe import cache as fcache
 from probe import figures, table
-from probe.linear import RESULT, ProbeConfig, main, usable_cpus
+from probe.linear import RESULT, ProbeConfig, main
+from train.config import available_cpus
 from tests.test_probe_linear import make_ckpt, make_tree
 from tests.test_probe_report import fake_result
 
@@ -346,7 +347,7 @@ def test_workers_default_never_exceeds_the_usable_cpus(monkeypatch):
     r = CliRunner().invoke(main, ["--help"])
     assert f"[default: {want}; x>=0]" in " ".join(r.output.split())
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert usable_cpus() == 1
+    assert available_cpus() == 1
 
 
 @pytest.mark.slow  # a real process, killed with SIGKILL while it writes the cache (~15 s)

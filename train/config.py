@@ -26,6 +26,16 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class Finite(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf (nan compares false with any bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number or number in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}", param, ctx)
+        return number
+
+
 def option(default: Any, help: str = "", *, lo: float | None = None, hi: float | None = None,
            lo_open: bool = False, hi_open: bool = False, choices: tuple[str, ...] | None = None,
            name: str | None = None) -> Any:
@@ -91,11 +101,11 @@ def _split(kind: type) -> Callable[[click.Context, click.Parameter, Any], tuple]
 
 
 def _range(kind: type, m: dict[str, Any]):
-    if m.get("lo") is None and m.get("hi") is None:
-        return kind
-    cls = click.IntRange if kind is int else click.FloatRange
-    extra = {} if kind is int else {"min_open": m["lo_open"], "max_open": m["hi_open"]}
-    return cls(m["lo"], m["hi"], **extra)
+    if kind is int:
+        return kind if m.get("lo") is None and m.get("hi") is None else click.IntRange(m["lo"], m["hi"])
+    if kind is float:
+        return Finite(m.get("lo"), m.get("hi"), min_open=m.get("lo_open", False), max_open=m.get("hi_open", False))
+    return kind
 
 
 def _param(cls: type, f: dataclasses.Field, kind: Any) -> click.Option:
