@@ -72,7 +72,7 @@ def _rates(method, run, batch, steps: int, repeats: int) -> tuple[float, float]:
 
 
 def run(quick: bool) -> str:
-    steps, repeats = (2, 1) if quick else (20, 3)
+    steps, repeats = (2, 1) if quick else (10, 2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for module, label, kw, size in CASES:
