@@ -40,13 +40,23 @@ def test_toy_pipeline_writes_results_and_resumes(tmp_path):
     r = CliRunner().invoke(repro.cli, args)
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert "| Method |" in text and "conv4 (paper)" in text
-    for label in ("Fully supervised", "Random", "MonoGAN"):
+    assert "| Row (trained on) |" in text and "conv4 (paper)" in text
+    for label in (repro.SUPERVISED, repro.RANDOM, "MonoGAN (src.png)"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-        ours = [float(c) for c in cells[0::2]]          # measured accuracies, conv1..conv4
+        ours = [float(c) for c in cells[1:9:2]]          # measured accuracies, conv1..conv4
         assert len(ours) == 4 and all(0 <= a <= 100 for a in ours)
+    # another source image than Image B: its rows have no paper value beside them
+    mono = next(line for line in text.splitlines() if line.startswith("| MonoGAN (src.png) |"))
+    assert mono.count("| – |") == 4 and "no row for this setting" in mono
+    sup = next(line for line in text.splitlines() if line.startswith(f"| {repro.SUPERVISED} |"))
+    assert "epochs (" in sup and "66.5" in sup and "converged" in sup
     assert "Does the paper's ordering hold?" in text and "MonoGAN" in text.split("ordering hold?")[1]
+    # protocol facts come from the runs: the probe's epochs and counts, the training budget as logged
+    probes = text.split("## The probes")[1].split("##")[0]
+    assert "| 1 |" in probes and "24 / 12" in probes
+    trained = text.split("## What each row trained")[1].split("##")[0]
+    assert "0.06 s" in trained and "train.monogan" in trained and "32 patches of S = 32" in trained
     assert (tmp_path / "results.png").stat().st_size > 1000
     # resumable: a second run skips every finished step and rewrites the same table
     done = sorted(os.listdir(tmp_path / "w" / "done"))
@@ -117,7 +127,7 @@ def test_ablation_verdict_names_the_largest_effect_and_the_noise():
 def test_results_with_ablation_have_table1_verdict_and_figure(tmp_path):
     cfg = repro.ReproConfig(images="imgs", cifar="c", work=str(tmp_path / "w"), out=str(tmp_path / "r.md"),
                             ablation=True)
-    main_rows = {"Fully supervised": [60.0] * 4, "Random": [49.0] * 4, "MonoGAN": [55.0] * 4}
+    main_rows = {repro.SUPERVISED: [60.0] * 4, repro.RANDOM: [49.0] * 4, repro.MONOGAN: [55.0] * 4}
     abl = {k: v for k, v in fake_table1("scale", 0.5).items() if k != "(b) Random feat."}
     repro.write_results(cfg, main_rows, abl, {"train MonoGAN": {"seconds": 600.0, "commit": "abc1234"},
                                               "probe MonoGAN": {"seconds": 170.0}})

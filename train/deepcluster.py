@@ -53,11 +53,21 @@ class Config(CommonConfig):
     momentum: float = option(0.9, "SGD momentum of the body.", lo=0, hi=1, hi_open=True)
     weight_decay: float = option(1e-5, "L2 weight decay.", lo=0)
     sobel: bool = option(False, "Fixed grey + Sobel front end: the released DeepCluster run script's variant.")
-    feature_relu: bool = option(True, "Cluster fc7 after its ReLU (default) or before it (the released code).")
+    variant: str = option("paper", "Sets --features at once (docs/variants.md); explicit options win.",
+                          choices=("paper", "released"))
+    features: str = option("post-relu", "Cluster fc7 after its ReLU (post-relu) or before it (pre-relu: the "
+                           "released code). --feature-relu/--no-feature-relu is an alias.",
+                           choices=("post-relu", "pre-relu"))
     shuffle_buffer: int = option(10000, "Draws held in each worker's shuffle buffer (encoded bytes; repeats "
                                  "share memory).", lo=1)
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("k", "crop", "sobel")
+    VARIANTS: ClassVar[dict] = {"released": {"features": "pre-relu"}}
+    ALIASES: ClassVar[dict] = {"feature_relu": ("features", {True: "post-relu", False: "pre-relu"})}
+
+    @property
+    def feature_relu(self) -> bool:
+        return self.features == "post-relu"
 
 
 def build_model(cfg: Config) -> AlexNetClassifier:
