@@ -1,8 +1,6 @@
 from augment.cli import cli
 import augment.share  # noqa: F401,E402  registers publish and fetch
-from augment.pack import pack_cli  # noqa: E402
-
-cli.add_command(pack_cli)
+import augment.pack  # noqa: F401,E402  registers pack
 
 if __name__ == "__main__":
     cli(prog_name="python -m augment")

@@ -16,6 +16,7 @@ import click
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from augment.cli import cli
 from augment.files import remove_stale_temps
 from augment.lock import folder_lock
 from augment.manifest import MANIFEST, write_manifest
@@ -92,7 +93,7 @@ def pack(folder: str, out: str, seed: int = 0, samples_per_shard: int = 1000) ->
             "shards": shards, "versions": versions(), "command": "pack"})
 
 
-@click.command("pack")
+@cli.command("pack")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="Folder of the shard set to write.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Draws the order of the images.")
