@@ -53,6 +53,8 @@ def test_pack_keeps_every_image_byte_for_byte_in_a_seeded_order(tmp_path):
     assert sorted(files) == sorted(os.path.join(f"class{c}", f"{i:04d}.jpg") for c in range(2) for i in range(5))
     assert files != sorted(files)  # shuffled, so batches do not come class by class
     assert CliRunner().invoke(cli, ["verify", str(tmp_path / "set")]).exit_code == 0
+    r = CliRunner().invoke(cli, ["verify", str(tmp_path / "set"), "--rerender", "2"])
+    assert r.exit_code == 1 and "nothing to re-render" in r.output and "Traceback" not in r.output
 
 
 def test_pack_is_deterministic_and_its_seed_changes_the_set(tmp_path):
