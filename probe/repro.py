@@ -464,7 +464,8 @@ def reading(cfg: ReproConfig, accs: dict, facts: dict, probes: dict) -> str:
                    f"{training_cell(label, f)} of training here.")
     if SUPERVISED in facts and facts[SUPERVISED]:
         out.append(f"- The supervised row trained {facts[SUPERVISED].epochs_done} epochs within its budget; the "
-                   f"paper's is a converged baseline, so its gap above is a matter of training length.")
+                   f"paper's row is a converged baseline, so its gap above compares those epochs with a "
+                   f"converged run, not two runs of one recipe.")
     return "\n".join(out) + "\n"
 
 

@@ -176,3 +176,63 @@ def test_ablation_steps_replace_the_time_budget():
     assert all(a[a.index("--max-steps") + 1] == "50" and "--time-budget" not in a for a in trains)
     main = [argv for name, argv, _ in repro.main_plan(cfg, "data") if name.startswith("train MonoGAN")]
     assert "--time-budget" in main[0] and "--max-steps" not in main[0]
+
+
+def test_rows_are_named_by_their_data_and_compared_only_with_the_same_setting():
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work="w")
+    plan = {name: argv for name, argv, _ in repro.main_plan(cfg, "data")}
+    pack = plan["pack CIFAR-10 train"]
+    assert pack[:3] == ["augment", "pack", os.path.join("data", "train")] and repro.cifar_set(cfg) in pack
+    rot_c, rot_b = plan[f"train {repro.ROTNET_CIFAR}"], plan[f"train {repro.ROTNET_B}"]
+    assert rot_c[rot_c.index("--shards") + 1] == repro.cifar_set(cfg)
+    assert rot_b[rot_b.index("--shards") + 1] == os.path.join("w", "sets", "B-cifar")
+    # the two RotNet rows differ only in their data (and run folder)
+    differ = [(a, b) for a, b in zip(rot_c, rot_b) if a != b]
+    assert len(rot_c) == len(rot_b) and [a for a, _ in differ] == [repro.cifar_set(cfg), repro.run_dir(cfg, repro.ROTNET_CIFAR)]
+    assert repro.paper_row(cfg, repro.ROTNET_CIFAR)[0] == "RotNet"
+    assert repro.paper_row(cfg, repro.ROTNET_B) is None
+    assert repro.paper_row(cfg, repro.MONOGAN)[0] == "MonoGAN"
+    other = repro.ReproConfig(images="imgs", cifar="c", work="w", image="mine.png")
+    assert "MonoGAN (mine.png)" in repro.row_commands(other) and repro.paper_row(other, "MonoGAN (mine.png)") is None
+    # each row's probe follows its training, so a stopped pipeline leaves whole rows
+    names = list(plan)
+    assert names.index(f"probe {repro.ROTNET_CIFAR}") == names.index(f"train {repro.ROTNET_CIFAR}") + 1
+
+
+def test_methods_add_simclr_and_dino_rows_on_the_same_budget_and_probe():
+    from train import dino, simclr
+    from train.config import parse_config
+
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work="w", methods=("simclr", "dino"))
+    plan = {name: argv for name, argv, _ in repro.main_plan(cfg, "data")}
+    mono = plan[f"train {repro.MONOGAN}"]
+    for label, mod, cls in (("SimCLR (Image B)", "train.simclr", simclr.Config), ("DINO (Image B)", "train.dino", dino.Config)):
+        argv = plan[f"train {label}"]
+        assert argv[0] == mod and argv[argv.index("--arch") + 1] == "small"
+        assert argv[argv.index("--time-budget") + 1] == mono[mono.index("--time-budget") + 1]
+        assert argv[argv.index("--shards") + 1] == mono[mono.index("--shards") + 1]
+        probe, mono_probe = plan[f"probe {label}"], plan[f"probe {repro.MONOGAN}"]
+        strip = lambda a: [x for x in a if "simclr" not in x and "dino" not in x and "monogan" not in x]
+        assert strip(probe) == strip(mono_probe)
+        parse_config(cls, argv[1:])  # every option it passes exists and is in range
+    assert parse_config(dino.Config, plan["train DINO (Image B)"][1:]).local_crops == 2
+    assert not any("SimCLR" in n for n in repro.main_plan(repro.ReproConfig(images="i", cifar="c"), "d"))
+    r = CliRunner().invoke(repro.cli, ["--images", ".", "--methods", "simclr,byol"])
+    assert r.exit_code == 2 and "byol" in r.output
+
+
+@pytest.mark.slow
+def test_toy_pipeline_with_simclr_and_dino_rows(tmp_path):
+    src, cifar = toy_source(tmp_path), tiny_cifar(str(tmp_path / "cifar"))
+    out = tmp_path / "results.md"
+    r = CliRunner().invoke(repro.cli, [
+        "--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
+        "--out", str(out), "--count", "32", "--batch-size", "8", "--train-minutes", "0.001",
+        "--probe-epochs", "1", "--workers", "0", "--no-rotnet", "--methods", "simclr,dino"])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    for label in ("SimCLR (src.png)", "DINO (src.png)"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert "no row for this setting" in row
+        assert f"| {label} | `train.{label.split()[0].lower()}` |" in text.split("## What each row trained")[1]
+    assert "local_crops 2" in text and "out_dim 4096" in text
