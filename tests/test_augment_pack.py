@@ -1,5 +1,4 @@
 """`augment pack`: an ImageFolder as a shard set, every image's bytes unchanged, in a seeded order."""
-import io
 import json
 import os
 import tarfile

@@ -129,3 +129,14 @@ def test_resized_crop_mode_is_deterministic_and_resumes_mid_epoch(tmp_path):
 
     fixed = make_loader(shards, batch_size=8, workers=0, seed=0, transform=random_crop_flip(28))
     assert not all(torch.equal(a, b) for a, b in zip(first, (b[0] for b in fixed.epoch(0))))
+
+
+def test_an_old_checkpoints_feature_relu_is_not_silently_changed():
+    from train.deepcluster import Config, check_saved_features
+
+    old = {"config": {"feature_relu": False}}
+    check_saved_features(old, Config(features="pre-relu"))
+    check_saved_features(None, Config())
+    check_saved_features({"config": {"features": "post-relu"}}, Config())  # new checkpoints: the loop compares
+    with pytest.raises(Exception, match="pass --features pre-relu"):
+        check_saved_features(old, Config())

@@ -79,6 +79,18 @@ def build_model(cfg: Config) -> AlexNetClassifier:
                                    f"63 pixels); use --crop 63 or more (the paper: 224)") from None
 
 
+def check_saved_features(saved: dict | None, cfg: Config) -> None:
+    """A checkpoint from before ``--features`` records ``feature_relu``: resuming it with the other
+    features would silently change what is clustered, so that is refused in one line."""
+    old = (saved or {}).get("config", {})
+    if "features" in old or "feature_relu" not in old:
+        return
+    was = "post-relu" if old["feature_relu"] else "pre-relu"
+    if was != cfg.features:
+        raise click.ClickException(f"--resume: this run clustered {was} fc7 features (its checkpoint records "
+                                   f"feature_relu={old['feature_relu']}); pass --features {was} to continue it")
+
+
 def reinit_top(net: AlexNetClassifier) -> None:
     """Re-initialise the top layer in place (N(0, 0.01), zero bias): a new module would escape DDP."""
     with torch.no_grad():
@@ -119,6 +131,7 @@ class DeepCluster(Method):
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
+        check_saved_features(run.saved, cfg)
         self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, transform=random_resized_crop_flip(cfg.crop), rank=run.dist.rank,
                                   world_size=run.dist.world_size, shuffle_buffer=cfg.shuffle_buffer,
