@@ -1,4 +1,5 @@
-"""`python -m augment ...`: render, verify, show, info, merge (this module) and publish, fetch (share.py)."""
+"""`python -m augment ...`: render, verify, show, info, merge (this module), publish, fetch (share.py) and
+pack (pack.py)."""
 from __future__ import annotations
 
 import dataclasses

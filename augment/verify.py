@@ -6,6 +6,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 
+import click
 import numpy as np
 
 from augment.files import file_digest
@@ -66,6 +67,9 @@ def rerender(m: Manifest, k: int, sources: str | None, seed: int) -> list[str]:
     from augment.render import Recipe, Renderer
     from augment.sources import Source, find_source, load
 
+    if m.config.get("kind") == "imagefolder":
+        raise click.ClickException(f"{m.root}: a packed ImageFolder (`augment pack`), not a rendered set: there "
+                                   f"is nothing to re-render; verify it without --rerender")
     recipe = Recipe.from_config(m.config)
     loaded: list[Source] = []
     for rec in m.sources:

@@ -3,16 +3,21 @@
 Steps, each skipped when its output exists (re-running resumes):
 
 1. extract CIFAR-10 (the JPEG ImageFolder tarball of ../shared/data) unless a folder is given;
-2. render Image B at S = 32 (``--preset cifar``, D = 50,000);
-3. train the small encoder of section 4.2 with the same wall-clock CPU budget each: MonoGAN on that set,
-   fully supervised on CIFAR-10 train, RotNet on the Image B set; and a random initialisation;
+2. render Image B at S = 32 (``--preset cifar``, D = 50,000) and pack CIFAR-10 train as a shard set
+   (``augment pack``: the images unchanged, for RotNet's CIFAR-10 row);
+3. per row, train the small encoder of section 4.2 with the same budget, then probe it: a random
+   initialisation, MonoGAN on the Image B set, fully supervised on CIFAR-10 train, RotNet on CIFAR-10
+   train (the paper's RotNet row) and on the Image B set (no paper row); ``--methods simclr,dino`` adds
+   SimCLR and DINO on the Image B set;
 4. linear probes on CIFAR-10, conv1..conv4;
-5. ``docs/results.md`` (Table 3 layout, paper numbers beside) and ``docs/results.png``.
+5. ``docs/results.md`` and ``docs/results.png``: each row beside the paper's row for the same setting only,
+   and every protocol fact read back from what the runs recorded (``probe/runfacts.py``).
 
 ``--ablation`` renders Table 1's eight augmentation cells, trains MonoGAN on each with a smaller budget
 (cell (j) twice, with two training seeds, as a yardstick for noise) and probes them, adding a Table 1
-section, the main effect of each augmentation and ``docs/results-ablation.png`` to the same results. Every step runs as a subprocess
-through the project's own command line, so what this measures is exactly what a user runs.
+section, the main effect of each augmentation and ``docs/results-ablation.png`` to the same results.
+Every step runs as a subprocess through the project's own command line, so what this measures is exactly
+what a user runs. Paths are recorded as given (relative to the project when run from its root).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from dataclasses import asdict, dataclass
 
 import click
 
+from probe import runfacts
+
 LAYERS = ["conv1", "conv2", "conv3", "conv4"]
 # Paper, Table 3 (CIFAR-10 columns) and Table 1.
 PAPER_T3 = {
@@ -35,6 +42,27 @@ PAPER_T3 = {
     "RotNet": [64.4, 65.6, 65.6, 59.1],
     "GAN (CIFAR-10)": [67.7, 73.0, 72.5, 69.2],
     "MonoGAN": [68.1, 72.3, 70.8, 63.5],
+}
+# Our rows, named by what they trained on.
+SUPERVISED, RANDOM, MONOGAN = "Fully supervised (CIFAR-10)", "Random", "MonoGAN (Image B)"
+ROTNET_CIFAR, ROTNET_B = "RotNet (CIFAR-10)", "RotNet (Image B)"
+# Each of our rows beside the paper's row for the same setting, and that row in words; rows not here
+# (RotNet on Image B, SimCLR, DINO) have no paper value.
+PAPER_ROW = {
+    SUPERVISED: ("Fully supervised", "Fully supervised on CIFAR-10 train, a converged baseline (the paper "
+                                     "states no training length)"),
+    RANDOM: ("Random", "Random initialisation"),
+    ROTNET_CIFAR: ("RotNet", "RotNet on CIFAR-10 train (§4.3: \"the same architecture trained on the full "
+                             "CIFAR-10 training set using RotNet\")"),
+    MONOGAN: ("MonoGAN", "MonoGAN on Image B (§4.2)"),
+}
+# --methods: the modern methods on the Image B set, on the small encoder; sizes chosen for a CPU budget
+# of minutes (recorded in every run's log): DINO with 2 local views and a 4,096-way head, SimCLR with a
+# 512-wide projector.
+EXTRA_METHODS = {
+    "simclr": ("SimCLR (Image B)", ["train.simclr", "--arch", "small", "--proj-hidden", "512"]),
+    "dino": ("DINO (Image B)", ["train.dino", "--arch", "small", "--local-crops", "2", "--out-dim", "4096",
+                                "--hidden", "512", "--bottleneck", "128"]),
 }
 PAPER_T1 = {
     "(a) Fully sup.": [66.5, 70.1, 72.4, 75.9],
@@ -67,8 +95,8 @@ AUGMENTATIONS = ("scale", "rotation", "jitter")
 
 @dataclass(frozen=True)
 class ReproConfig:
-    images: str                      # folder holding the paper's images (animals.png = Image B)
-    cifar: str                       # CIFAR-10 JPEG tarball or extracted ImageFolder (train/, test/)
+    images: str                      # folder holding the paper's images (animals.png = Image B), as given
+    cifar: str                       # CIFAR-10 JPEG tarball or extracted ImageFolder (train/, test/), as given
     image: str = "B"                 # the source: Image B of the paper, or an image file
     work: str = "runs/repro-cpu"
     out: str = "docs/results.md"
@@ -83,6 +111,7 @@ class ReproConfig:
     workers: int = 1
     seed: int = 0
     rotnet: bool = True
+    methods: tuple[str, ...] = ()    # extra rows: simclr, dino (EXTRA_METHODS)
     ablation: bool = False
     device: str = "cpu"
 
@@ -107,7 +136,8 @@ def step(cfg: ReproConfig, name: str, argv: list[str], progress: str) -> dict:
         click.echo(f"{progress} {name}: done earlier ({rec['seconds']:.0f} s), skipped", err=True)
         return rec
     click.echo(f"{progress} {name}: {' '.join(argv)}", err=True)
-    env = os.environ | {"SOURCE_IMAGE_DIR": cfg.images, "PYTHONUNBUFFERED": "1"}
+    # the subprocess gets an absolute image folder; the records keep the paths as given
+    env = os.environ | {"SOURCE_IMAGE_DIR": os.path.abspath(cfg.images), "PYTHONUNBUFFERED": "1"}
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", *argv], env=env)
     if proc.returncode != 0:
@@ -164,29 +194,66 @@ def probe_args(cfg: ReproConfig, ckpt: str, out: str, data: str) -> list[str]:
             "--cache", os.path.join(cfg.work, "cache"), "--drop-cache"]
 
 
-def main_plan(cfg: ReproConfig, data: str) -> list[tuple[str, list[str], str | None]]:
-    """(step name, argv, probe result folder or None) for the Table 3 pipeline."""
-    w = cfg.work
-    image_b = os.path.join(w, "sets", "B-cifar")
-    plan = [("render Image B", render_args(cfg, image_b), None)]
-    runs = {
-        "MonoGAN": ["train.monogan", "--shards", image_b, "--batch-size", str(cfg.batch_size)],
-        "Fully supervised": ["train.supervised", "--dataset", "imagefolder", "--data", data,
-                             "--arch", "small", "--batch-size", str(cfg.batch_size)],
+def source_name(cfg: ReproConfig) -> str:
+    """How rows trained on the rendered set are named: Image B, or the image file's name."""
+    return "Image B" if cfg.image.upper() == "B" else os.path.basename(cfg.image)
+
+
+def row_commands(cfg: ReproConfig) -> dict[str, list[str] | None]:
+    """Row label -> its training command before the common flags (None: the random initialisation)."""
+    b = os.path.join(cfg.work, "sets", "B-cifar")
+    name, batch = source_name(cfg), ["--batch-size", str(cfg.batch_size)]
+    out: dict[str, list[str] | None] = {
+        RANDOM: None,
+        MONOGAN.replace("Image B", name): ["train.monogan", "--shards", b, *batch],
+        SUPERVISED: ["train.supervised", "--dataset", "imagefolder", "--data", "{data}", "--arch", "small", *batch],
     }
     if cfg.rotnet:
-        runs["RotNet"] = ["train.rotnet", "--shards", image_b, "--arch", "small", "--crop", "28",
-                          "--batch-size", str(cfg.batch_size)]
-    for label, argv in runs.items():
-        run_dir = os.path.join(w, "runs", slug(label))
-        plan.append((f"train {label}", argv + train_common(cfg, run_dir, cfg.train_seconds), None))
-    plan.append(("init Random", ["train.random", "--arch", "small", "--seed", str(cfg.seed),
-                                 "--out", os.path.join(w, "runs", "random")], None))
-    for label in ["Fully supervised", "Random", *[k for k in runs if k != "Fully supervised"]]:
-        run_dir = os.path.join(w, "runs", slug(label))
-        res = os.path.join(w, "probes", slug(label))
-        plan.append((f"probe {label}", probe_args(cfg, os.path.join(run_dir, "checkpoint.pt"), res, data),
-                     res))
+        rot = ["train.rotnet", "--arch", "small", "--crop", "28", *batch]
+        out[ROTNET_CIFAR] = [*rot[:1], "--shards", cifar_set(cfg), *rot[1:]]
+        out[ROTNET_B.replace("Image B", name)] = [*rot[:1], "--shards", b, *rot[1:]]
+    for m in cfg.methods:
+        label, argv = EXTRA_METHODS[m]
+        out[label.replace("Image B", name)] = [*argv[:1], "--shards", b, *argv[1:], *batch]
+    return out
+
+
+def cifar_set(cfg: ReproConfig) -> str:
+    return os.path.join(cfg.work, "sets", "cifar10-train")
+
+
+def paper_row(cfg: ReproConfig, label: str) -> tuple[str, str] | None:
+    """(the paper's Table 3 row, its setting in words) for the same setting as our row, else None."""
+    if cfg.image.upper() != "B" and label == MONOGAN.replace("Image B", source_name(cfg)):
+        return None
+    return PAPER_ROW.get(label)
+
+
+def run_dir(cfg: ReproConfig, label: str) -> str:
+    return os.path.join(cfg.work, "runs", slug(label))
+
+
+def probe_dir(cfg: ReproConfig, label: str) -> str:
+    return os.path.join(cfg.work, "probes", slug(label))
+
+
+def main_plan(cfg: ReproConfig, data: str) -> list[tuple[str, list[str], str | None]]:
+    """(step name, argv, probe result folder or None) for the Table 3 pipeline: the sets, then per row its
+    training and its probe (so a stopped pipeline has whole rows)."""
+    plan = [("render Image B", render_args(cfg, os.path.join(cfg.work, "sets", "B-cifar")), None)]
+    if cfg.rotnet:
+        plan.append(("pack CIFAR-10 train", ["augment", "pack", os.path.join(data, "train"), "--out",
+                                             cifar_set(cfg), "--seed", str(cfg.seed)], None))
+    for label, argv in row_commands(cfg).items():
+        out = run_dir(cfg, label)
+        if argv is None:
+            plan.append((f"init {label}", ["train.random", "--arch", "small", "--seed", str(cfg.seed),
+                                           "--out", out], None))
+        else:
+            argv = [data if a == "{data}" else a for a in argv]
+            plan.append((f"train {label}", argv + train_common(cfg, out, cfg.train_seconds), None))
+        res = probe_dir(cfg, label)
+        plan.append((f"probe {label}", probe_args(cfg, os.path.join(out, "checkpoint.pt"), res, data), res))
     return plan
 
 
@@ -246,38 +313,68 @@ def table(rows: dict[str, list[float | None]], paper: dict[str, list[float]], fi
     return head + "\n".join(lines) + "\n"
 
 
-def verdict(rows: dict[str, list[float | None]]) -> str:
-    """Does the paper's ordering hold? MonoGAN conv1/conv2 above Random, and its gap to supervised."""
-    mono, rand, sup = rows.get("MonoGAN"), rows.get("Random"), rows.get("Fully supervised")
+def main_table(cfg: ReproConfig, accs: dict[str, list[float | None]], facts: dict) -> str:
+    """Table 3 rows: ours beside the paper's row for the same setting only (– where the paper has none),
+    with what each row's training reached and which paper row it is compared with."""
+    head = "| Row (trained on) | training here | " + " | ".join(f"{l} (ours) | {l} (paper)" for l in LAYERS)
+    head += " | compared with the paper's row |\n|---|---|" + "---:|---:|" * len(LAYERS) + "---|\n"
+    lines = []
+    for label, acc in accs.items():
+        ref = paper_row(cfg, label)
+        vals = PAPER_T3[ref[0]] if ref else [None] * len(LAYERS)
+        cells = " | ".join(f"{_fmt(a)} | {_fmt(p)}" for a, p in zip(acc, vals))
+        lines.append(f"| {label} | {training_cell(label, facts.get(label))} | {cells} | "
+                     f"{ref[1] if ref else 'none: the paper has no row for this setting'} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def training_cell(label: str, f: runfacts.TrainFacts | None) -> str:
+    """Epochs and steps a row's training reached, from its log."""
+    if label == RANDOM:
+        return "none (random initialisation)"
+    if f is None:
+        return runfacts.NOT_RECORDED
+    unit = " generator" if f.method == "monogan" else ""
+    return f"{f.epochs_done:,} epochs ({f.steps:,}{unit} step{'' if f.steps == 1 else 's'})"
+
+
+def verdict(cfg: ReproConfig, accs: dict[str, list[float | None]], facts: dict) -> str:
+    """Does the paper's ordering hold? MonoGAN conv1/conv2 above Random, and its gap to supervised (whose
+    training length is stated: the paper's is a converged baseline)."""
+    mono_label = MONOGAN.replace("Image B", source_name(cfg))
+    mono, rand, sup = accs.get(mono_label), accs.get(RANDOM), accs.get(SUPERVISED)
     if not (mono and rand and sup):
-        return "Not all of MonoGAN, Random and Fully supervised were measured: no verdict."
+        return f"Not all of {mono_label}, {RANDOM} and {SUPERVISED} were measured: no verdict."
+    s = facts.get(SUPERVISED)
+    sup_len = f"{s.epochs_done} epochs here" if s else "training length not recorded"
     out = []
     for i, layer in enumerate(LAYERS[:2]):
         above = mono[i] > rand[i]
-        out.append(f"- {layer}: MonoGAN {mono[i]:.1f} vs Random {rand[i]:.1f} — "
+        out.append(f"- {layer}: {mono_label} {mono[i]:.1f} vs Random {rand[i]:.1f}: "
                    f"{'above, as in the paper' if above else 'NOT above: the paper ordering does not hold here'}; "
-                   f"Fully supervised {sup[i]:.1f} (MonoGAN {mono[i] - sup[i]:+.1f} points; paper "
+                   f"{SUPERVISED} ({sup_len}) {sup[i]:.1f}, {mono_label} {mono[i] - sup[i]:+.1f} points "
+                   f"(paper, against its converged baseline: "
                    f"{PAPER_T3['MonoGAN'][i] - PAPER_T3['Fully supervised'][i]:+.1f}).")
     return "\n".join(out)
 
 
-def plot(rows: dict[str, list[float | None]], path: str) -> None:
+def plot(cfg: ReproConfig, accs: dict[str, list[float | None]], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label, accs in rows.items():
-        xs = [i for i, a in enumerate(accs) if a is not None]
-        ax.plot(xs, [accs[i] for i in xs], marker="o", label=f"{label} (ours)")
-        if label in PAPER_T3:
-            ax.plot(range(4), PAPER_T3[label], linestyle=":", color=ax.lines[-1].get_color(), alpha=0.6)
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    for label, acc in accs.items():
+        xs = [i for i, a in enumerate(acc) if a is not None]
+        ax.plot(xs, [acc[i] for i in xs], marker="o", label=f"{label} (ours)")
+        if ref := paper_row(cfg, label):
+            ax.plot(range(4), PAPER_T3[ref[0]], linestyle=":", color=ax.lines[-1].get_color(), alpha=0.6)
     ax.set_xticks(range(4), LAYERS)
     ax.set_ylabel("CIFAR-10 linear probe top-1 (%)")
-    ax.set_title("Ours (solid) vs paper Table 3 (dotted)")
+    ax.set_title("Ours (solid) vs the paper's row for the same setting (dotted)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -312,50 +409,64 @@ def collect(cfg: ReproConfig, plan, labels_from: str) -> dict[str, list[float | 
     return rows
 
 
-# What the numbers mean at this budget, and what would change them (never tuned toward the paper).
-READING = """
-The budget is what separates these rows from the paper's, not the protocol: the probes run the paper's
-full 36-epoch schedule on the same encoder for every method. A CPU budget of minutes buys a few hundred
-MonoGAN generator steps (each is five critic steps with a double-backward gradient penalty), against the
-order of 10^5 generator steps of the WGAN-GP reference recipe the paper follows; supervised training gets
-several epochs of CIFAR-10 in the same time. We expect MonoGAN's rows to rise with longer training,
-slowly on a CPU: tripling its budget by hand moved them by at most 2 points (`docs/results-longer.md`),
-so the relative order of MonoGAN and supervised at conv1/conv2 is for a GPU run (the same command with
-`--device cuda` and a far larger `--train-minutes`) to settle; the gap to Random is the signal that
-survives this budget.
-"""
-
-# Why Table 1 needs a larger budget than Table 3's ordering (static: the numbers above speak for themselves).
-ABLATION_READING = """
-At the default 3 minutes each cell trains for a fraction of one pass over its patches (the table above
-gives the generator steps each reached: about a hundred on 2 CPU cores). Table 1's differences are
-differences in the data the generator must imitate, and we believe that after so few steps the critic
-has not yet been driven to the detail that rescaling, rotation or jitter add, so the cells end close to
-one another and most differences are no larger than the spread between two seeds of the same cell.
-Nothing here was tuned to move them. What would settle Table 1 is a budget at which MonoGAN alone
-separates from Random by much more than that spread: `--ablation-minutes 30` or more on this CPU (about
-5 hours for the nine runs), or the same command with `--device cuda`.
-"""
+# Options worth naming beside each method's row (those its log records; the full config is in the log).
+NOTABLE = {"rotnet": ("crop", "crop_mode", "fc_dropout", "variant"), "monogan": ("g_width", "n_critic", "variant"),
+           "supervised": ("milestones", "lr"), "simclr": ("size", "temperature", "proj_hidden"),
+           "dino": ("size", "local_crops", "out_dim", "hidden", "bottleneck")}
 
 
-def training_table(runs: list[tuple[str, str, str]]) -> str:
-    """Steps and epochs each (label, run folder, unit note) reached in its budget, from its log and checkpoint."""
-    lines = ["| run | optimisation steps | epochs completed | training seconds |", "|---|---:|---:|---:|"]
-    for label, run_dir, note in runs:
-        log = os.path.join(run_dir, "log.jsonl")
-        if not os.path.isfile(log):
+def training_table(runs: list[tuple[str, str]], probes: dict[str, dict | None]) -> str:
+    """What each (label, run folder) trained on and reached, all read from its log (and its probe's
+    record of the encoder)."""
+    lines = ["| row | command | trained on | encoder | batch | budget | reached | training seconds | options |",
+             "|---|---|---|---|---:|---|---|---:|---|"]
+    for label, folder in runs:
+        f = runfacts.train_facts(folder)
+        if f is None:
             continue
-        with open(log) as f:
-            rows = [json.loads(line) for line in f][1:]
-        ck = [r for r in rows if r.get("event") == "checkpoint"]
-        if ck:
-            import torch  # only here: the report itself needs no torch
-
-            spent = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu",
-                               weights_only=False).get("train_seconds", 0.0)
-            lines.append(f"| {label} | {ck[-1]['step']:,}{note} | {ck[-1].get('epochs_done', '–')} | "
-                         f"{spent:.0f} |")
+        spec = ((probes.get(label) or {}).get("checkpoint") or {}).get("encoder_spec") or {}
+        opts = ", ".join(f"{k} {f.config[k]}" for k in NOTABLE.get(f.method, ()) if k in f.config)
+        lines.append(f"| {label} | `train.{f.method}` | {runfacts.trained_on(f)} | {spec.get('arch', '?')} | "
+                     f"{f.config.get('batch_size', '?')} | {runfacts.budget(f)} | {training_cell(label, f)} | "
+                     f"{f.seconds:.0f} | {opts or '–'} |")
     return "\n".join(lines) + "\n"
+
+
+def probes_table(probes: dict[str, dict | None]) -> str:
+    """The protocol each probe ran (from its probe.json); rows that ran the same protocol share a line."""
+    groups: dict[tuple, list[str]] = {}
+    for label, res in probes.items():
+        if res:
+            groups.setdefault(tuple(runfacts.probe_protocol(res).items()), []).append(label)
+    if not groups:
+        return "_no probe has finished yet_\n"
+    keys = [k for k, _ in next(iter(groups))]
+    lines = ["| rows | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for proto, labels in groups.items():
+        lines.append(f"| {', '.join(labels)} | " + " | ".join(v for _, v in proto) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reading(cfg: ReproConfig, accs: dict, facts: dict, probes: dict) -> str:
+    """What the measured rows can and cannot say, every number read from the runs' records."""
+    budgets = {runfacts.budget(f) for f in facts.values() if f}
+    protocols = {tuple(runfacts.probe_protocol(r).items()) for r in probes.values() if r}
+    out = [f"- Training budgets: {'every trained row had ' + budgets.pop() if len(budgets) == 1 else 'they differ (table above)'}; "
+           f"probes: {'every row ran the same protocol' if len(protocols) == 1 else 'the protocols differ (table above)'}."
+           if budgets and protocols else "- Not every row has finished: no reading yet."]
+    for label, acc in accs.items():
+        ref = paper_row(cfg, label)
+        if not ref or label == RANDOM or None in acc:
+            continue
+        f = facts.get(label)
+        gaps = " / ".join(f"{a - p:+.1f}" for a, p in zip(acc, PAPER_T3[ref[0]]))
+        out.append(f"- {label}: ours minus the paper's {ref[0]} row, conv1…conv4: {gaps} points, after "
+                   f"{training_cell(label, f)} of training here.")
+    if SUPERVISED in facts and facts[SUPERVISED]:
+        out.append(f"- The supervised row trained {facts[SUPERVISED].epochs_done} epochs within its budget; the "
+                   f"paper's row is a converged baseline, so its gap above compares those epochs with a "
+                   f"converged run, not two runs of one recipe.")
+    return "\n".join(out) + "\n"
 
 
 def main_effects(rows: dict[str, list[float | None]]) -> dict[str, list[float]] | None:
@@ -437,38 +548,29 @@ def plot_ablation(rows: dict[str, list[float | None]], path: str) -> None:
 
 
 def write_results(cfg: ReproConfig, main_rows, abl_rows, records: dict[str, dict]) -> None:
-    """Write the results Markdown and figure from every probe that has finished."""
-    budget = (f"{cfg.train_seconds / 60:g} min of wall-clock training per method on the CPU, "
-              f"D = {cfg.count:,} patches, probes {cfg.probe_epochs} epochs ({cfg.schedule} schedule"
-              f"{', scaled to the shorter run' if cfg.probe_epochs != 36 else ''}), batch {cfg.batch_size}")
+    """Write the results Markdown and figure from every probe that has finished; each fact about a run
+    comes from that run's records."""
+    labels = list(row_commands(cfg))
+    facts = {label: runfacts.train_facts(run_dir(cfg, label)) for label in labels if label != RANDOM}
+    probes = {label: runfacts.probe_facts(probe_dir(cfg, label)) for label in labels}
+    png = os.path.splitext(cfg.out)[0] + ".png"
     parts = [
         "# Reproduction at reduced scale on the CPU\n",
         f"Written by `make {'repro-ablation-cpu' if cfg.ablation else 'repro-cpu'}` (`python -m probe.repro`) "
         f"at commit `{git_rev()}` on {machine()}, {time.strftime('%Y-%m-%d')}; the commit that ran each step "
-        f"is in the Time table.\n",
-        f"Budget: {budget}. Small encoder of the paper's section 4.2 for every method; linear probes on "
-        f"CIFAR-10 (the JPEG q75 copy in `../shared/data`, see its README) with no dimensionality reduction.\n",
+        f"is in the Time table. Every fact about a run below (data, budget, steps, epochs, encoder, probe "
+        f"protocol) is read from that run's own records: its log, its shard set's manifest, its probe.json.\n",
         "## Table 3 layout (CIFAR-10)\n",
-        table(main_rows, PAPER_T3) if main_rows else "_no probe has finished yet_\n",
-        "## Does the paper's ordering hold?\n",
-        verdict(main_rows) + "\n",
-        "## Training done within the budget\n",
-        training_table([(label, os.path.join(cfg.work, "runs", slug(label)),
-                         " (generator steps)" if label == "MonoGAN" else "")
-                        for label in ("MonoGAN", "Fully supervised", "RotNet")]),
-        READING,
+        main_table(cfg, main_rows, facts) if main_rows else "_no probe has finished yet_\n",
+        f"![Table 3 layout]({os.path.basename(png)})\n" if main_rows else "",
+        "## Does the paper's ordering hold?\n", verdict(cfg, main_rows, facts) + "\n",
+        "## What each row trained\n",
+        training_table([(label, run_dir(cfg, label)) for label in labels if label != RANDOM], probes),
+        "## The probes\n", probes_table(probes),
+        "## Reading\n", reading(cfg, main_rows, facts, probes),
     ]
-    if abl_rows:
-        baselines = {"(a) Fully sup.": main_rows.get("Fully supervised"), "(b) Random feat.": main_rows.get("Random")}
-        abl_rows = {k: v for k, v in baselines.items() if v} | abl_rows
-        each = f"{cfg.ablation_steps} generator steps" if cfg.ablation_steps else f"{cfg.ablation_seconds / 60:g} min"
-        parts += [f"## Table 1 layout: augmentation ablation (MonoGAN, {each} each)\n",
-                  table(abl_rows, PAPER_T1),
-                  f"![Table 1 ablation]({os.path.basename(ablation_png(cfg))})\n",
-                  "### What Table 1 claims, checked\n", ablation_verdict(abl_rows),
-                  "### MonoGAN training done per cell (generator steps)\n",
-                  training_table([(c, ablation_run_dir(cfg, c), "") for c in [*ABLATION_CELLS, SEED_CELL]]),
-                  ABLATION_READING]
+    parts += ablation_section(cfg, main_rows, abl_rows) if abl_rows else [
+        "## Table 1 (augmentation ablation)\n", "Not run by this command; `--ablation` adds it.\n"]
     total = sum(r["seconds"] for r in records.values())
     parts += ["## Time\n", "| step | seconds | commit |\n|---|---:|---|\n"
               + "".join(f"| {k} | {r['seconds']:.0f} | {r.get('commit', 'not recorded')} |\n"
@@ -477,11 +579,32 @@ def write_results(cfg: ReproConfig, main_rows, abl_rows, records: dict[str, dict
               "## Configuration\n", "```json\n" + json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n```\n"]
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     with open(cfg.out, "w") as f:
-        f.write("\n".join(parts))
+        f.write("\n".join(p for p in parts if p))
     if main_rows:
-        plot(main_rows, os.path.splitext(cfg.out)[0] + ".png")
+        plot(cfg, main_rows, png)
     if abl_rows:
-        plot_ablation(abl_rows, ablation_png(cfg))
+        plot_ablation(ablation_section_rows(main_rows, abl_rows), ablation_png(cfg))
+
+
+def ablation_section_rows(main_rows: dict, abl_rows: dict) -> dict:
+    """Table 1's rows: its two baselines (a), (b) are our supervised and random rows."""
+    baselines = {"(a) Fully sup.": main_rows.get(SUPERVISED), "(b) Random feat.": main_rows.get(RANDOM)}
+    return {k: v for k, v in baselines.items() if v} | abl_rows
+
+
+def ablation_section(cfg: ReproConfig, main_rows: dict, abl_rows: dict) -> list[str]:
+    """Table 1 beside the paper, the claims checked, and each cell's training as its log records it."""
+    cells = [*ABLATION_CELLS, SEED_CELL]
+    budgets = sorted({runfacts.budget(f) for c in cells if (f := runfacts.train_facts(ablation_run_dir(cfg, c)))})
+    probes = {c: runfacts.probe_facts(os.path.join(cfg.work, "probes", f"ablation-{slug(c)}")) for c in cells}
+    rows = ablation_section_rows(main_rows, abl_rows)
+    return [f"## Table 1 layout: augmentation ablation (MonoGAN on Image B; budget per cell: "
+            f"{'; '.join(budgets) or runfacts.NOT_RECORDED})\n",
+            table(rows, PAPER_T1), f"![Table 1 ablation]({os.path.basename(ablation_png(cfg))})\n",
+            "### What Table 1 claims, checked\n", ablation_verdict(rows),
+            "### MonoGAN training done per cell\n",
+            training_table([(c, ablation_run_dir(cfg, c)) for c in cells], probes),
+            "### The cells' probes\n", probes_table(probes)]
 
 
 def ablation_png(cfg: ReproConfig) -> str:
@@ -524,15 +647,22 @@ def run_repro(cfg: ReproConfig) -> dict:
 @click.option("--batch-size", default=ReproConfig.batch_size, show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=ReproConfig.workers, show_default=True, type=click.IntRange(0))
 @click.option("--seed", default=0, show_default=True)
-@click.option("--rotnet/--no-rotnet", default=True, show_default=True)
+@click.option("--rotnet/--no-rotnet", default=True, show_default=True,
+              help="The RotNet rows (CIFAR-10 train, and the Image B set).")
+@click.option("--methods", default="", show_default=True,
+              help=f"Extra rows on the Image B set, comma-separated: {', '.join(EXTRA_METHODS)} (off by default).")
 @click.option("--ablation", is_flag=True, help="Also run Table 1's eight augmentation cells.")
 @click.option("--device", default="cpu", show_default=True)
 def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes, ablation_steps, probe_epochs,
-        schedule, batch_size, workers, seed, rotnet, ablation, device) -> None:
+        schedule, batch_size, workers, seed, rotnet, methods, ablation, device) -> None:
     """Reproduce Table 3 (and with --ablation, Table 1) at reduced scale: render, train, probe, report."""
     if not os.path.isdir(images):
         raise click.ClickException(f"{images}: no such folder; pass IMAGES=folder/with/animals.png")
-    cfg = ReproConfig(images=os.path.abspath(images), image=image, cifar=os.path.abspath(cifar), work=work, out=out,
+    extra = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if unknown := [m for m in extra if m not in EXTRA_METHODS]:
+        raise click.BadParameter(f"{', '.join(unknown)}: not a method here; use {', '.join(EXTRA_METHODS)}",
+                                 param_hint="--methods")
+    cfg = ReproConfig(images=images, image=image, cifar=cifar, work=work, out=out, methods=extra,
                       count=count, train_seconds=train_minutes * 60, ablation_seconds=ablation_minutes * 60,
                       ablation_steps=ablation_steps,
                       probe_epochs=probe_epochs, schedule=schedule, batch_size=batch_size, workers=workers,

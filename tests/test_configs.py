@@ -9,17 +9,17 @@ from train.config import parse_config
 
 COMMON = {"--shards", "--out", "--batch-size", "--workers", "--device", "--seed", "--epochs", "--max-steps",
           "--resume", "--amp", "--time-budget", "--log-every"}
-# The options each command had before the one-loop refactor (none may disappear).
+# The options each command had before the one-loop refactor (none may disappear), and the variants' options.
 OPTIONS = {
     "rotnet": COMMON | {"--arch", "--crop", "--eval-batches", "--gamma", "--lr", "--milestones", "--momentum",
-                        "--nesterov", "--weight-decay"},
+                        "--nesterov", "--weight-decay", "--variant", "--crop-mode", "--fc-dropout"},
     "deepcluster": COMMON | {"--crop", "--feature-relu", "--k", "--kmeans-iters", "--lr", "--momentum", "--pca-dim",
-                             "--shuffle-buffer", "--sobel", "--weight-decay"},
+                             "--shuffle-buffer", "--sobel", "--weight-decay", "--variant", "--features"},
     "bigan": COMMON | {"--beta1", "--beta2", "--crop", "--d-width", "--decay-epochs", "--final-lr-mult",
                        "--g-width", "--gen-size", "--head-width", "--linear-decay", "--lr", "--sample-every",
-                       "--weight-decay", "--z-dim"},
+                       "--weight-decay", "--z-dim", "--variant"},
     "monogan": COMMON | {"--beta1", "--beta2", "--critic-norm", "--g-width", "--gp-weight", "--lr", "--n-critic",
-                         "--sample-every", "--z-dim"},
+                         "--sample-every", "--z-dim", "--variant"},
     "supervised": COMMON - {"--shards"} | {"--arch", "--data", "--dataset", "--eval-batches", "--freeze", "--gamma",
                                            "--init-from", "--lr", "--milestones", "--momentum", "--size",
                                            "--weight-decay", "--frontend", "--skip-bad-images", "--init-layers"},

@@ -40,13 +40,23 @@ def test_toy_pipeline_writes_results_and_resumes(tmp_path):
     r = CliRunner().invoke(repro.cli, args)
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert "| Method |" in text and "conv4 (paper)" in text
-    for label in ("Fully supervised", "Random", "MonoGAN"):
+    assert "| Row (trained on) |" in text and "conv4 (paper)" in text
+    for label in (repro.SUPERVISED, repro.RANDOM, "MonoGAN (src.png)"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-        ours = [float(c) for c in cells[0::2]]          # measured accuracies, conv1..conv4
+        ours = [float(c) for c in cells[1:9:2]]          # measured accuracies, conv1..conv4
         assert len(ours) == 4 and all(0 <= a <= 100 for a in ours)
+    # another source image than Image B: its rows have no paper value beside them
+    mono = next(line for line in text.splitlines() if line.startswith("| MonoGAN (src.png) |"))
+    assert mono.count("| – |") == 4 and "no row for this setting" in mono
+    sup = next(line for line in text.splitlines() if line.startswith(f"| {repro.SUPERVISED} |"))
+    assert "epochs (" in sup and "66.5" in sup and "converged" in sup
     assert "Does the paper's ordering hold?" in text and "MonoGAN" in text.split("ordering hold?")[1]
+    # protocol facts come from the runs: the probe's epochs and counts, the training budget as logged
+    probes = text.split("## The probes")[1].split("##")[0]
+    assert "| 1 |" in probes and "24 / 12" in probes
+    trained = text.split("## What each row trained")[1].split("##")[0]
+    assert "0.06 s" in trained and "train.monogan" in trained and "32 patches of S = 32" in trained
     assert (tmp_path / "results.png").stat().st_size > 1000
     # resumable: a second run skips every finished step and rewrites the same table
     done = sorted(os.listdir(tmp_path / "w" / "done"))
@@ -117,7 +127,7 @@ def test_ablation_verdict_names_the_largest_effect_and_the_noise():
 def test_results_with_ablation_have_table1_verdict_and_figure(tmp_path):
     cfg = repro.ReproConfig(images="imgs", cifar="c", work=str(tmp_path / "w"), out=str(tmp_path / "r.md"),
                             ablation=True)
-    main_rows = {"Fully supervised": [60.0] * 4, "Random": [49.0] * 4, "MonoGAN": [55.0] * 4}
+    main_rows = {repro.SUPERVISED: [60.0] * 4, repro.RANDOM: [49.0] * 4, repro.MONOGAN: [55.0] * 4}
     abl = {k: v for k, v in fake_table1("scale", 0.5).items() if k != "(b) Random feat."}
     repro.write_results(cfg, main_rows, abl, {"train MonoGAN": {"seconds": 600.0, "commit": "abc1234"},
                                               "probe MonoGAN": {"seconds": 170.0}})
@@ -166,3 +176,63 @@ def test_ablation_steps_replace_the_time_budget():
     assert all(a[a.index("--max-steps") + 1] == "50" and "--time-budget" not in a for a in trains)
     main = [argv for name, argv, _ in repro.main_plan(cfg, "data") if name.startswith("train MonoGAN")]
     assert "--time-budget" in main[0] and "--max-steps" not in main[0]
+
+
+def test_rows_are_named_by_their_data_and_compared_only_with_the_same_setting():
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work="w")
+    plan = {name: argv for name, argv, _ in repro.main_plan(cfg, "data")}
+    pack = plan["pack CIFAR-10 train"]
+    assert pack[:3] == ["augment", "pack", os.path.join("data", "train")] and repro.cifar_set(cfg) in pack
+    rot_c, rot_b = plan[f"train {repro.ROTNET_CIFAR}"], plan[f"train {repro.ROTNET_B}"]
+    assert rot_c[rot_c.index("--shards") + 1] == repro.cifar_set(cfg)
+    assert rot_b[rot_b.index("--shards") + 1] == os.path.join("w", "sets", "B-cifar")
+    # the two RotNet rows differ only in their data (and run folder)
+    differ = [(a, b) for a, b in zip(rot_c, rot_b) if a != b]
+    assert len(rot_c) == len(rot_b) and [a for a, _ in differ] == [repro.cifar_set(cfg), repro.run_dir(cfg, repro.ROTNET_CIFAR)]
+    assert repro.paper_row(cfg, repro.ROTNET_CIFAR)[0] == "RotNet"
+    assert repro.paper_row(cfg, repro.ROTNET_B) is None
+    assert repro.paper_row(cfg, repro.MONOGAN)[0] == "MonoGAN"
+    other = repro.ReproConfig(images="imgs", cifar="c", work="w", image="mine.png")
+    assert "MonoGAN (mine.png)" in repro.row_commands(other) and repro.paper_row(other, "MonoGAN (mine.png)") is None
+    # each row's probe follows its training, so a stopped pipeline leaves whole rows
+    names = list(plan)
+    assert names.index(f"probe {repro.ROTNET_CIFAR}") == names.index(f"train {repro.ROTNET_CIFAR}") + 1
+
+
+def test_methods_add_simclr_and_dino_rows_on_the_same_budget_and_probe():
+    from train import dino, simclr
+    from train.config import parse_config
+
+    cfg = repro.ReproConfig(images="imgs", cifar="c", work="w", methods=("simclr", "dino"))
+    plan = {name: argv for name, argv, _ in repro.main_plan(cfg, "data")}
+    mono = plan[f"train {repro.MONOGAN}"]
+    for label, mod, cls in (("SimCLR (Image B)", "train.simclr", simclr.Config), ("DINO (Image B)", "train.dino", dino.Config)):
+        argv = plan[f"train {label}"]
+        assert argv[0] == mod and argv[argv.index("--arch") + 1] == "small"
+        assert argv[argv.index("--time-budget") + 1] == mono[mono.index("--time-budget") + 1]
+        assert argv[argv.index("--shards") + 1] == mono[mono.index("--shards") + 1]
+        probe, mono_probe = plan[f"probe {label}"], plan[f"probe {repro.MONOGAN}"]
+        strip = lambda a: [x for x in a if "simclr" not in x and "dino" not in x and "monogan" not in x]
+        assert strip(probe) == strip(mono_probe)
+        parse_config(cls, argv[1:])  # every option it passes exists and is in range
+    assert parse_config(dino.Config, plan["train DINO (Image B)"][1:]).local_crops == 2
+    assert not any("SimCLR" in n for n in repro.main_plan(repro.ReproConfig(images="i", cifar="c"), "d"))
+    r = CliRunner().invoke(repro.cli, ["--images", ".", "--methods", "simclr,byol"])
+    assert r.exit_code == 2 and "byol" in r.output
+
+
+@pytest.mark.slow
+def test_toy_pipeline_with_simclr_and_dino_rows(tmp_path):
+    src, cifar = toy_source(tmp_path), tiny_cifar(str(tmp_path / "cifar"))
+    out = tmp_path / "results.md"
+    r = CliRunner().invoke(repro.cli, [
+        "--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
+        "--out", str(out), "--count", "32", "--batch-size", "8", "--train-minutes", "0.001",
+        "--probe-epochs", "1", "--workers", "0", "--no-rotnet", "--methods", "simclr,dino"])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    for label in ("SimCLR (src.png)", "DINO (src.png)"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert "no row for this setting" in row
+        assert f"| {label} | `train.{label.split()[0].lower()}` |" in text.split("## What each row trained")[1]
+    assert "local_crops 2" in text and "out_dim 4096" in text

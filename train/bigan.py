@@ -60,7 +60,12 @@ class Config(CommonConfig):
     sample_every: int = option(500, "Write sample and reconstruction sheets every K steps (0: only at epoch ends).",
                                lo=0)
 
+    variant: str = option("paper", "Sets --gen-size at once (docs/variants.md); explicit options win.",
+                          choices=("paper", "released"))
+
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("crop", "gen_size", "z_dim", "head_width", "g_width", "d_width")
+    # The released high-resolution-encoder script: G and D at 64 px, the encoder on 112 crops.
+    VARIANTS: ClassVar[dict] = {"released": {"gen_size": 64}}
 
 
 def build(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:

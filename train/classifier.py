@@ -22,13 +22,14 @@ DEFAULT_INPUT = {"alexnet": 224, "small": 32}
 ToXY = Callable[[tuple], tuple[torch.Tensor, torch.Tensor]]
 
 
-def build_classifier(spec: EncoderSpec, num_classes: int, input_size: int) -> nn.Module:
-    """AlexNet-BN + fc6/fc7 + top (``alexnet``) or the small encoder + one linear layer (``small``)."""
+def build_classifier(spec: EncoderSpec, num_classes: int, input_size: int, dropout: float = 0.5) -> nn.Module:
+    """AlexNet-BN + fc6/fc7 (``dropout`` before each) + top (``alexnet``) or the small encoder + one linear
+    layer (``small``, which has no fc block)."""
     if spec.arch == "alexnet":
         if input_size < 63:
             raise click.ClickException(f"AlexNet needs inputs of at least 63 pixels (three 3/2 max-pools); "
                                        f"got {input_size}: raise --crop/--size or use --arch small")
-        return AlexNetClassifier(spec, num_classes, input_size=input_size)
+        return AlexNetClassifier(spec, num_classes, input_size=input_size, dropout=dropout)
     return SmallClassifier(spec, num_classes, input_size=input_size)
 
 

@@ -5,6 +5,11 @@ generates the click command from the fields (``batch_size`` -> ``--batch-size``,
 a tuple -> a comma-separated list, a range -> ``click.IntRange``/``FloatRange``), so the command's
 defaults are the dataclass's by construction. A subclass may override a default with a plain value
 (``batch_size: int = 192``): the option's help and bounds are inherited from the base class.
+
+Named variants (docs/variants.md): a config with a ``variant`` field and ``VARIANTS = {"released": {field:
+value}}`` gets ``--variant``, which sets those fields unless their options are given explicitly; the config
+built (and logged) holds the resolved values. ``ALIASES`` keeps an old option name working for a field that
+took its place (``--feature-relu`` -> ``--features``).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
 import click
+from click.core import ParameterSource
 
 
 def available_cpus() -> int:
@@ -74,6 +80,10 @@ class CommonConfig:
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ()
     # Fields a trainer does not read (no option is generated for them).
     UNUSED: ClassVar[tuple[str, ...]] = ()
+    # --variant NAME -> the field values it sets (explicit options win); "paper" is the fields' defaults.
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Old flag -> (field, {flag value: field value}): a boolean alias option of a choice field.
+    ALIASES: ClassVar[dict[str, tuple[str, dict[bool, Any]]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted(asdict(self).items()))
@@ -132,10 +142,41 @@ def params(cls: type) -> list[click.Option]:
     return [_param(cls, f, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in cls.UNUSED]
 
 
+def variant_config(cls: type, variant: str = "paper", **given: Any) -> Any:
+    """``cls`` with the fields ``given`` explicitly, the rest from ``variant`` where it sets them, else the
+    defaults: what ``--variant`` builds."""
+    if variant != "paper" and variant not in cls.VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: use paper or {', '.join(cls.VARIANTS)}")
+    values = {k: v for k, v in cls.VARIANTS.get(variant, {}).items() if k not in given}
+    return cls(**({"variant": variant} if "variant" in cls.__dataclass_fields__ else {}), **values, **given)
+
+
+def _alias_params(cls: type) -> list[click.Option]:
+    return [click.Option([f"--{a.replace('_', '-')}/--no-{a.replace('_', '-')}", a], default=None,
+                         help=f"Alias of --{f.replace('_', '-')} ({', '.join(f'{k}: {v}' for k, v in m.items())}).")
+            for a, (f, m) in cls.ALIASES.items()]
+
+
+def _build(cls: type, kw: dict[str, Any]) -> Any:
+    """The config of one command line: aliases folded into their fields, then the variant resolved."""
+    ctx = click.get_current_context()
+    given = {k: v for k, v in kw.items() if k in cls.__dataclass_fields__ and k != "variant"
+             and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    for alias, (f, mapping) in cls.ALIASES.items():
+        if kw.get(alias) is None:
+            continue
+        if f in given and given[f] != mapping[kw[alias]]:
+            raise click.UsageError(f"--{alias.replace('_', '-')} contradicts --{f.replace('_', '-')} "
+                                   f"{given[f]}: give one of them")
+        given[f] = mapping[kw[alias]]
+    return variant_config(cls, kw.get("variant", "paper"), **given)
+
+
 def command(cls: type, fn: Callable[[Any], Any], help: str, name: str | None = None) -> click.Command:
-    """A click command whose options are ``cls``'s fields; it calls ``fn(cls(**options))``."""
-    return click.Command(name, params=params(cls), callback=lambda **kw: fn(cls(**kw)), help=help,
-                         context_settings={"help_option_names": ["-h", "--help"]})
+    """A click command whose options are ``cls``'s fields (plus its ``ALIASES``); it calls ``fn(config)``
+    with the config those options and ``--variant`` resolve to."""
+    return click.Command(name, params=params(cls) + _alias_params(cls), callback=lambda **kw: fn(_build(cls, kw)),
+                         help=help, context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def parse_config(cls: type, args: list[str]) -> Any:

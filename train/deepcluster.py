@@ -53,11 +53,21 @@ class Config(CommonConfig):
     momentum: float = option(0.9, "SGD momentum of the body.", lo=0, hi=1, hi_open=True)
     weight_decay: float = option(1e-5, "L2 weight decay.", lo=0)
     sobel: bool = option(False, "Fixed grey + Sobel front end: the released DeepCluster run script's variant.")
-    feature_relu: bool = option(True, "Cluster fc7 after its ReLU (default) or before it (the released code).")
+    variant: str = option("paper", "Sets --features at once (docs/variants.md); explicit options win.",
+                          choices=("paper", "released"))
+    features: str = option("post-relu", "Cluster fc7 after its ReLU (post-relu) or before it (pre-relu: the "
+                           "released code). --feature-relu/--no-feature-relu is an alias.",
+                           choices=("post-relu", "pre-relu"))
     shuffle_buffer: int = option(10000, "Draws held in each worker's shuffle buffer (encoded bytes; repeats "
                                  "share memory).", lo=1)
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("k", "crop", "sobel")
+    VARIANTS: ClassVar[dict] = {"released": {"features": "pre-relu"}}
+    ALIASES: ClassVar[dict] = {"feature_relu": ("features", {True: "post-relu", False: "pre-relu"})}
+
+    @property
+    def feature_relu(self) -> bool:
+        return self.features == "post-relu"
 
 
 def build_model(cfg: Config) -> AlexNetClassifier:
@@ -67,6 +77,18 @@ def build_model(cfg: Config) -> AlexNetClassifier:
     except RuntimeError:
         raise click.ClickException(f"--crop {cfg.crop} is too small for AlexNet (its pools need at least "
                                    f"63 pixels); use --crop 63 or more (the paper: 224)") from None
+
+
+def check_saved_features(saved: dict | None, cfg: Config) -> None:
+    """A checkpoint from before ``--features`` records ``feature_relu``: resuming it with the other
+    features would silently change what is clustered, so that is refused in one line."""
+    old = (saved or {}).get("config", {})
+    if "features" in old or "feature_relu" not in old:
+        return
+    was = "post-relu" if old["feature_relu"] else "pre-relu"
+    if was != cfg.features:
+        raise click.ClickException(f"--resume: this run clustered {was} fc7 features (its checkpoint records "
+                                   f"feature_relu={old['feature_relu']}); pass --features {was} to continue it")
 
 
 def reinit_top(net: AlexNetClassifier) -> None:
@@ -109,6 +131,7 @@ class DeepCluster(Method):
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
+        check_saved_features(run.saved, cfg)
         self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, transform=random_resized_crop_flip(cfg.crop), rank=run.dist.rank,
                                   world_size=run.dist.world_size, shuffle_buffer=cfg.shuffle_buffer,

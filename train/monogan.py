@@ -46,7 +46,11 @@ class Config(CommonConfig):
     sample_every: int = option(500, "Write OUT/samples/stepNNNNNNN.png every K generator steps (0: only at "
                                "epoch ends).", lo=0)
 
+    variant: str = option("paper", "Sets --g-width at once (docs/variants.md); explicit options win.",
+                          choices=("paper", "released"))
+
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("z_dim", "g_width", "critic_norm")
+    VARIANTS: ClassVar[dict] = {"released": {"g_width": 128}}
 
 
 class MonoGAN(NoiseState, Method):

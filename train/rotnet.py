@@ -6,6 +6,10 @@ batch 192, SGD with Nesterov momentum 0.9, weight decay 5e-4, lr 0.01 divided by
 and 45, 50 epochs. The network is the paper's AlexNet-BN (96/256/384/384/256), wider than RotNet's
 own 64/192/384/256/256, with fc6/fc7 and a 4-way top layer; ``--arch small`` is the small encoder of
 the paper's section 4.2 with one linear layer, for CIFAR-sized sets.
+
+Variants (docs/variants.md): the paper's non-scaled random crop (``--crop-mode fixed``) and dropout 0.5
+before fc6/fc7 are the defaults; ``--variant released`` takes the released code's RandomSizedCrop + flip
+(``--crop-mode resized``) and its fc block without dropout (``--fc-dropout 0``).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch
 from augment.manifest import read_manifest
 from train.classifier import ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cross_entropy_step, score, sgd
 from train.config import CommonConfig, command, option
-from train.loader import center_crop, make_loader, prepare, random_crop_flip, with_transform
+from train.loader import center_crop, make_loader, prepare, random_crop_flip, random_resized_crop_flip, with_transform
 from train.loop import Method, echo_stats, fit
 from train.models import EncoderSpec
 from train.run import Run, unwrap
@@ -43,8 +47,16 @@ class Config(CommonConfig):
     milestones: tuple[int, ...] = option((15, 30, 45), "Epochs at which the lr is multiplied by --gamma.")
     gamma: float = option(0.1, "lr multiplier at each milestone.", lo=0, lo_open=True)
     eval_batches: int = option(10, "Batches of the fixed evaluation epoch scored after each epoch.", lo=0)
+    variant: str = option("paper", "Sets --crop-mode and --fc-dropout at once (docs/variants.md); explicit "
+                          "options win.", choices=("paper", "released"))
+    crop_mode: str = option("fixed", "fixed: the paper's non-scaled random crop + flip; resized: the released "
+                            "RandomSizedCrop (area 0.08..1, aspect 3/4..4/3, resized to the crop) + flip.",
+                            choices=("fixed", "resized"))
+    fc_dropout: float = option(0.5, "Dropout before fc6 and fc7 (--arch alexnet; the released fc block: 0).",
+                               lo=0, hi=1, hi_open=True)
 
-    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "crop")
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "crop", "fc_dropout")
+    VARIANTS: ClassVar[dict] = {"released": {"crop_mode": "resized", "fc_dropout": 0.0}}
 
     @property
     def input_size(self) -> int:
@@ -62,8 +74,9 @@ class RotNet(Method):
     name, Config = "rotnet", Config
 
     def _loader(self, run: Run):
-        """RotNet's native augmentation (random crop + h-flip). Default crops accept only the set size
-        they were designed for (224 of 256, 32 of 32); an explicit ``--crop`` any set at least that large."""
+        """RotNet's native augmentation (random crop + h-flip, or a random-resized crop + h-flip). Default
+        crops accept only the set size they were designed for (224 of 256, 32 of 32); an explicit ``--crop``
+        any set at least that large."""
         cfg, size = self.cfg, self.cfg.input_size
         m = read_manifest(cfg.shards)
         if cfg.crop and m.size < size:
@@ -71,14 +84,15 @@ class RotNet(Method):
                                        f"lower --crop or render with a larger --size")
         sizes = None if cfg.crop else ((256,) if cfg.arch == "alexnet" else (32,))
         return make_loader(m, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                           transform=random_crop_flip(size), rank=run.dist.rank, world_size=run.dist.world_size,
+                           transform=random_crop_flip(size) if cfg.crop_mode == "fixed" else
+                           random_resized_crop_flip(size), rank=run.dist.rank, world_size=run.dist.world_size,
                            sizes=sizes, pin_memory=run.device.type == "cuda", verify_stream=cfg.verify_stream)
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
         self.loader = self._loader(run)
         self.eval_loader = with_transform(self.loader, center_crop(cfg.input_size))
-        self.model = run.wrap(build_classifier(EncoderSpec(arch=cfg.arch), 4, cfg.input_size))
+        self.model = run.wrap(build_classifier(EncoderSpec(arch=cfg.arch), 4, cfg.input_size, cfg.fc_dropout))
         self.encoder = unwrap(self.model).encoder
         self.opt = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.milestones), gamma=cfg.gamma)

@@ -1,0 +1,128 @@
+"""What a run recorded, read back for a results page: every protocol fact printed comes from here.
+
+A training run's ``log.jsonl`` (its header's config, its ``data`` event, its last ``epoch`` and
+``checkpoint`` events), the manifest of the shard set it read, and a probe's ``probe.json``. Nothing is
+assumed: a fact that was not recorded prints as "not recorded".
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+NOT_RECORDED = "not recorded"
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of a log, one per line (an empty list when the file is absent)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@dataclass(frozen=True)
+class TrainFacts:
+    """One training run as its log recorded it."""
+
+    method: str
+    config: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)      # the log's "data" event
+    manifest_config: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    epochs_done: int = 0
+    seconds: float = 0.0
+    git: str = ""
+
+
+def train_facts(run_dir: str) -> TrainFacts | None:
+    """The facts of the run in ``run_dir`` (None without a log)."""
+    rows = read_jsonl(os.path.join(run_dir, "log.jsonl"))
+    if not rows:
+        return None
+    head, events = rows[0], rows[1:]
+
+    def last(kind: str) -> dict[str, Any]:
+        return next((r for r in reversed(events) if r.get("event") == kind), {})
+
+    ck, ep = last("checkpoint"), last("epoch")
+    return TrainFacts(method=head.get("method", NOT_RECORDED), config=head.get("config", {}), data=last("data"),
+                      manifest_config=_manifest_config(head.get("config", {}).get("shards", "")),
+                      steps=int(ck.get("step", 0)), epochs_done=int(ck.get("epochs_done", 0)),
+                      seconds=float(ep.get("train_seconds", 0.0)), git=str(head.get("git", ""))[:7])
+
+
+def _manifest_config(shards: str) -> dict[str, Any]:
+    path = os.path.join(shards, "manifest.json") if shards else ""
+    if not path or not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("config", {})
+
+
+def trained_on(f: TrainFacts) -> str:
+    """What the run trained on, in words, from its data event and its set's manifest."""
+    d, m = f.data, f.manifest_config
+    if "train" in d and "classes" in d:  # an ImageFolder read directly (supervised)
+        return f"`{f.config.get('data', '?')}` train split, {d['train']:,} images, {d['classes']} classes, with labels"
+    if not d:
+        return NOT_RECORDED
+    src = ", ".join(str(s.get("name", "?")) for s in d.get("sources", []))
+    if m.get("kind") == "imagefolder":
+        return f"{src}: {d['count']:,} images of {d['size']} px, packed unchanged (`augment pack`), no labels"
+    augs = [a for a in ("scale", "rotation", "jitter") if m.get(a)]
+    recipe = m.get("recipe", "paper")
+    return (f"{src}: {d['count']:,} patches of S = {d['size']} (`augment render`, {recipe} recipe, "
+            f"{' + '.join(augs) if augs else 'no augmentation'}), set `{d.get('set_id', '?')}`")
+
+
+def budget(f: TrainFacts) -> str:
+    """The stop rule the run was given: its time budget, step limit and epoch count."""
+    c = f.config
+    parts = []
+    if c.get("time_budget"):
+        parts.append(f"{c['time_budget']:g} s")
+    if c.get("max_steps"):
+        parts.append(f"{c['max_steps']:,} steps")
+    if isinstance(c.get("epochs"), int):
+        parts.append(f"at most {c['epochs']:,} epochs")
+    return ", ".join(parts) or NOT_RECORDED
+
+
+def probe_facts(result_dir: str) -> dict[str, Any] | None:
+    """A probe's ``probe.json`` (None before it finished)."""
+    path = os.path.join(result_dir, "probe.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def probe_protocol(res: dict[str, Any]) -> dict[str, str]:
+    """The protocol one probe ran, in words, keyed by fact: what makes two probes comparable."""
+    c, r = res.get("config", {}), res.get("resolved", {})
+    dims = r.get("dims", {})
+    bn = c.get("probe_bn")
+    return {
+        "data": f"`{c.get('data_root', '?')}` ({res.get('dataset', '?')}, {res.get('protocol', '?')} protocol)",
+        "train / eval images": f"{r.get('train_count', 0):,} / {r.get('eval_count', 0):,} ({r.get('eval_split', '?')})",
+        "image size": "x".join(str(v) for v in r.get("image_size", [])) or NOT_RECORDED,
+        "epochs": str(c.get("epochs", NOT_RECORDED)),
+        "schedule": _schedule(c, r),
+        "batch": str(c.get("batch_size", NOT_RECORDED)),
+        "pooling": f"{c.get('pooling', '?')} ({', '.join(f'{k} {v:,}' for k, v in dims.items())} dims)",
+        "probe BN": "per feature (BatchNorm1d, affine=False)" if bn is True else
+                    ("none" if bn is False else str(bn) if bn is not None else NOT_RECORDED),
+        "limit_train": str(c.get("limit_train", 0) or "all"),
+    }
+
+
+def _schedule(config: dict[str, Any], resolved: dict[str, Any]) -> str:
+    """The lr schedule as run: its name, start, the recorded changes (epoch: factor) and the last rate."""
+    lrs = resolved.get("lr_per_epoch", [])
+    if not lrs:
+        return f"{config.get('schedule', '?')} ({NOT_RECORDED})"
+    changes = [f"x{b / a:.3g} from epoch {e + 1}" for e, (a, b) in enumerate(zip(lrs, lrs[1:]), 1) if a and b != a]
+    return (f"{config.get('schedule', '?')}: lr {lrs[0]:g}, {', '.join(changes) or 'constant'} "
+            f"(epochs counted from 1); last {lrs[-1]:.3g}")
