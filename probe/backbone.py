@@ -19,6 +19,7 @@ from torch import nn
 
 from train.checkpoint import CHECKPOINT, load_checkpoint
 from train.models import Encoder, EncoderSpec
+from train.run import autocast
 
 # Prefixes wrappers put in front of parameter names: DDP (module.) and torch.compile (_orig_mod.).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -120,6 +121,7 @@ class Backbone:
     git: str = "unknown"
     forward_calls: int = 0
     digest: str = field(default="", repr=False)
+    amp_dtype: Any = None         # bf16: the feature pass runs under autocast (--amp); features stay float32
 
     @property
     def layer_names(self) -> list[str]:
@@ -145,16 +147,17 @@ class Backbone:
         self.forward_calls += 1
         enc, out = self.encoder, {}
         last = max(layers, key=self.layer_names.index)
-        if enc.sobel is not None:
-            x = enc.sobel(x)
-        for name, block in enc.blocks.items():
-            x = block(x)
-            if name in layers:
-                out[name] = x
-            if name == last:
-                break
-            if name in enc.pools:
-                x = enc.pools[name](x)
+        with autocast(x.device, self.amp_dtype):
+            if enc.sobel is not None:
+                x = enc.sobel(x)
+            for name, block in enc.blocks.items():
+                x = block(x)
+                if name in layers:
+                    out[name] = x.float()
+                if name == last:
+                    break
+                if name in enc.pools:
+                    x = enc.pools[name](x)
         return out
 
     def assert_unchanged(self) -> None:

@@ -33,7 +33,8 @@ from probe.data import (DATASETS, FolderImages, eval_split_dir, first_image_size
                         list_folder, load_cifar, subset)
 from probe.heads import POOLINGS, SCHEDULES, LayerProbe, build_probes, lr_at, milestones, ten_crop_average
 from train.loader import prepare
-from train.run import git_revision, library_versions, resolve_device
+from train.config import AMP_CHOICES
+from train.run import amp_dtype, git_revision, library_versions, resolve_device
 
 RESULT = "probe.json"
 LOG = "log.jsonl"
@@ -76,6 +77,7 @@ class ProbeConfig:
     protocol: str = "auto"            # auto: cifar for cifar10/100 and 32x32 folders, imagenet otherwise
     keep_cache: bool = True           # False: delete this run's cache file afterwards (disk: ~3.2 GB per
                                       # checkpoint for CIFAR-10 with the small encoder)
+    amp: str = "cuda"                 # the backbone pass's bf16 autocast, as the trainers' --amp
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted(asdict(self).items()))
@@ -252,7 +254,9 @@ def run_cifar(cfg: ProbeConfig, bb: Backbone, layers: list[str], device: torch.d
     limit_split(tr, cfg.limit_train, cfg.seed)
     limit_split(te, cfg.limit_eval, cfg.seed)
     cache_dir = cfg.cache or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), "feature-cache")
-    path = fcache.cache_file(cache_dir, bb.encoder_hash, cfg.dataset, [tr, te], cfg.cache_dtype)
+    # bf16 features are other numbers: their own cache file
+    path = fcache.cache_file(cache_dir, bb.encoder_hash, cfg.dataset, [tr, te],
+                             cfg.cache_dtype + ("-bf16" if bb.amp_dtype else ""))
     stats = fcache.ensure(bb, [tr, te], layers, path, batch_size=cfg.feature_batch_size, workers=cfg.workers,
                           device=device, dtype=cfg.cache_dtype, progress=lambda it, **kw: bar(it, **kw))
     log({"event": "features", "cache": path, "stats": stats})
@@ -420,6 +424,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bb = load_backbone(cfg.checkpoint, device)
+    bb.amp_dtype, why_fp32 = amp_dtype(device, cfg.amp)
+    if why_fp32:
+        click.echo(why_fp32, err=True)
     layers = bb.check_layers(list(cfg.layers))
     os.makedirs(cfg.out, exist_ok=True)
     t0 = time.time()
@@ -439,7 +446,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
               "resolved": resolved | {"pooling": cfg.pooling, "milestones": milestones(cfg.schedule, cfg.epochs),
                                       "lr_per_epoch": [lr_at(e, cfg.schedule, cfg.epochs, cfg.lr)
                                                        for e in range(cfg.epochs)],
-                                      "backbone_forward_calls": bb.forward_calls},
+                                      "backbone_forward_calls": bb.forward_calls,
+                                      "precision": "bf16" if bb.amp_dtype else "fp32"},
               "backbone_unchanged": True, "device": str(device), "git": git_revision(),
               "versions": library_versions(), "elapsed_s": round(time.time() - t0, 2),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -494,6 +502,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
               help="auto: cifar for cifar10/100 and ImageFolders of 32x32 images, imagenet for other ImageFolders.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
               help="CIFAR on the CPU: train the layers' probes in this many processes (same results).")
+@click.option("--amp", type=click.Choice(AMP_CHOICES), default="cuda", show_default=True,
+              help="bf16 autocast of the backbone pass. cuda: on CUDA only; on: also on a CPU with native bf16 "
+                   "(fp32 elsewhere, said in one line); off: fp32.")
 def main(**kw) -> None:
     """Train linear probes on every conv layer of a frozen, BN-folded checkpoint."""
     kw["layers"] = tuple(s.strip() for s in kw["layers"].split(",") if s.strip())

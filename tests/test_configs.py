@@ -45,8 +45,9 @@ def test_every_option_users_call_exists(name):
 def test_lists_and_flags_parse_into_the_config():
     from train import bigan, supervised
 
-    cfg = parse_config(supervised.Config, ["--milestones", "5,2", "--freeze", "conv1,conv2", "--no-amp"])
-    assert cfg.milestones == (5, 2) and cfg.freeze == ("conv1", "conv2") and cfg.amp is False
+    cfg = parse_config(supervised.Config, ["--milestones", "5,2", "--freeze", "conv1,conv2", "--amp", "off",
+                                              "--channels-last"])
+    assert cfg.milestones == (5, 2) and cfg.freeze == ("conv1", "conv2") and cfg.amp == "off" and cfg.channels_last
     assert parse_config(bigan.Config, ["--final-lr-mult", "0.5", "--linear-decay"]).final_lr_mult == 0.5
 
 

@@ -17,6 +17,11 @@ from typing import Any, Callable, ClassVar
 
 import click
 
+# --amp: where bf16 autocast is used (train.run.amp_dtype). "cuda" keeps every CPU run's numerics fp32.
+AMP_CHOICES = ("cuda", "on", "off")
+# --decode-device: where the loader decodes JPEG batches (train.loader.decode).
+DECODE_DEVICES = ("cpu", "cuda")
+
 
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask, not the machine's count)."""
@@ -50,7 +55,14 @@ class CommonConfig:
     max_steps: int = option(0, "Stop (with a checkpoint) after this many optimisation steps in total "
                             "(0: no limit).", lo=0)
     resume: bool = option(False, "Continue from OUT/checkpoint.pt.")
-    amp: bool = option(True, "bf16 autocast on CUDA (ignored on the CPU).")
+    amp: str = option("cuda", "bf16 autocast. cuda: on CUDA only (CPU runs stay fp32); on: also on a CPU with "
+                      "native bf16 (avx512_bf16/amx_bf16; fp32 elsewhere, said in one line); off: fp32.",
+                      choices=AMP_CHOICES)
+    channels_last: bool = option(False, "Channels-last networks (faster with --amp on on a bf16 CPU: "
+                                 "docs/training.md).")
+    decode_device: str = option("cpu", "Where JPEG batches are decoded: cpu (in the workers) or cuda (batched "
+                                "nvJPEG on the training GPU; falls back to cpu, said in one line, without one).",
+                                choices=DECODE_DEVICES)
     log_every: int = option(20, "Log averaged statistics every K steps.", lo=1)
     time_budget: float = option(0.0, "Stop with a checkpoint after this many training seconds, summed over "
                                 "resumes (0: none). Equal budgets make methods comparable on one machine.", lo=0)
