@@ -75,7 +75,7 @@ MONOGAN_STEPS ?= 200000
 ABLATION_STEPS ?= $(MONOGAN_STEPS)
 repro-gpu:
 	$(PY) -m probe.repro --device cuda --ablation --work runs/repro-gpu --out docs/results-gpu.md \
-	  --workers $(WORKERS) --amp on --monogan-steps $(MONOGAN_STEPS) \
+	  --workers $(WORKERS) --amp on --no-channels-last --monogan-steps $(MONOGAN_STEPS) \
 	  --ablation-steps $(ABLATION_STEPS) --full-schedules $(REPRO_FLAGS)
 
 clean:

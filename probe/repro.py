@@ -85,8 +85,10 @@ class ReproConfig:
     rotnet: bool = True
     ablation: bool = False
     device: str = "cpu"
-    amp: str = "default"             # default: each command's own --amp; else passed to every train and probe
-    channels_last: bool = False
+    # bf16 wherever native (CPU too): the same probe results as fp32, ~2x faster (docs/benchmarks.md,
+    # Precision); "default": each command's own --amp (the argv of work folders made before this option)
+    amp: str = "on"
+    channels_last: bool = True      # faster with bf16 on the CPU (docs/benchmarks.md, Precision)
     monogan_steps: int = 0           # if > 0: Table 3's MonoGAN trains this many generator steps
     full_schedules: bool = False     # supervised and RotNet train their own --epochs schedules
 
@@ -152,7 +154,7 @@ def render_args(cfg: ReproConfig, out: str, scale=True, rotation=True, jitter=Tr
 
 
 def amp_args(cfg: ReproConfig) -> list[str]:
-    """--amp for every command, only when asked for: the steps of older work folders keep their argv."""
+    """--amp for every command; none with "default", whose argv is that of work folders made before it."""
     return [] if cfg.amp == "default" else ["--amp", cfg.amp]
 
 
@@ -540,9 +542,11 @@ def run_repro(cfg: ReproConfig) -> dict:
 @click.option("--rotnet/--no-rotnet", default=True, show_default=True)
 @click.option("--ablation", is_flag=True, help="Also run Table 1's eight augmentation cells.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--amp", default="default", show_default=True, type=click.Choice(["default", "cuda", "on", "off"]),
-              help="--amp of every train and probe command (default: each command's own).")
-@click.option("--channels-last", is_flag=True, help="Train with --channels-last.")
+@click.option("--amp", default=ReproConfig.amp, show_default=True,
+              type=click.Choice(["default", "cuda", "on", "off"]),
+              help="--amp of every train and probe command (default: each command's own, as before this option).")
+@click.option("--channels-last/--no-channels-last", default=ReproConfig.channels_last, show_default=True,
+              help="Train with --channels-last.")
 @click.option("--monogan-steps", default=0, show_default=True, type=click.IntRange(0),
               help="Table 3's MonoGAN trains this many generator steps instead of --train-minutes.")
 @click.option("--full-schedules", is_flag=True,

@@ -190,7 +190,9 @@ def test_gpu_check_every_section_runs_on_the_cpu(tmp_path, monkeypatch):
 def test_repro_gpu_options_reach_every_command_and_default_argv_is_unchanged(tmp_path):
     from probe.repro import ReproConfig, main_plan
 
-    base = ReproConfig(images=str(tmp_path), cifar=str(tmp_path), work=str(tmp_path / "w"))
+    # "default" keeps the argv (and so the resumability) of work folders made before these options
+    base = ReproConfig(images=str(tmp_path), cifar=str(tmp_path), work=str(tmp_path / "w"), amp="default",
+                       channels_last=False)
     plain = {name: argv for name, argv, _ in main_plan(base, "data")}
     assert not any("--amp" in a or "--channels-last" in a for a in plain.values())
     gpu = ReproConfig(images=str(tmp_path), cifar=str(tmp_path), work=str(tmp_path / "w"), device="cuda",

@@ -167,7 +167,8 @@ def trainers(sizes: Sizes, device: torch.device, tmp: str) -> str:
         n = method.cfg.batch_size * getattr(method.cfg, "n_critic", 1)
         precision = "bf16" if run.amp_dtype else "fp32"
         rows.append(f"| {label} ({precision}) | {steps:.2f} | {steps * n:,.0f} |")
-    peak = f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    peak = "" if device.type != "cuda" else \
+        f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
     return "\n".join(["## 1. Trainers on one batch in device memory\n",
                       f"Each trainer's `step` at these sizes, `--amp on` unless marked, after two warm-up steps, "
                       f"for up to {sizes.steps} steps or {sizes.seconds:.0f} s{peak}.\n",
@@ -236,7 +237,7 @@ def loader(sizes: Sizes, device: torch.device, tmp: str) -> str:
     rows.append(f"| from a tensor in GPU memory (`MemoryLoader`) | {memory:.2f} | {memory * b:,.0f} | - |")
     rows.append(f"| shard loader, decode on the CPU ({workers} workers) | {fed:.2f} | {fed * b:,.0f} | "
                 f"{100 * (1 - fed / memory):.1f}% |")
-    rows.append(f"| shard loader, `--decode-device cuda` | " +
+    rows.append("| shard loader, `--decode-device cuda` | " +
                 (f"not run: {why} | | |" if why else f"{gpu:.2f} | {gpu * b:,.0f} | {100 * (1 - gpu / memory):.1f}% |"))
     return "\n".join(["## 2. RotNet fed by the loader against memory\n",
                       f"RotNet, {cfg.arch}, crop {cfg.input_size}, batch {b} (x4 rotations), `--amp on`; "
@@ -352,7 +353,8 @@ def probe(sizes: Sizes, device: torch.device, tmp: str) -> str:
                       f"`probe.linear` on a random small encoder, {sizes.probe_train:,} + "
                       f"{max(10, sizes.probe_train // 5):,} random CIFAR-shaped images, conv1-conv4, one "
                       f"epoch, `--amp on` ({result['resolved']['precision']} feature pass).\n",
-                      "| phase | seconds |", "|---|---|", f"| feature pass (both splits, into the cache) | {feats:.1f} |",
+                      "| phase | seconds |", "|---|---|",
+                      f"| feature pass (both splits, into the cache) | {feats:.1f} |",
                       f"| one probe epoch, 4 layers | {result['elapsed_s'] - feats:.1f} |",
                       f"| whole run | {result['elapsed_s']:.1f} |", ""])
 
@@ -414,7 +416,8 @@ def ddp(sizes: Sizes, device: torch.device, tmp: str) -> str:
                       f"DistributedDataParallel in a process group of one over {backend.upper()} (an all-reduce "
                       f"gave {check.item():.0f}), against the same model unwrapped.\n",
                       "| model | steps/s |", "|---|---|", f"| bare | {rates['bare']:.2f} |",
-                      f"| DDP, 1 process | {rates['ddp']:.2f} ({100 * (1 - rates['ddp'] / rates['bare']):+.1f}% cost) |",
+                      f"| DDP, 1 process | {rates['ddp']:.2f} "
+                      f"({100 * (1 - rates['ddp'] / rates['bare']):+.1f}% cost) |",
                       ""])
 
 

@@ -13,7 +13,7 @@ import time
 
 import click
 
-SECTIONS = ["render", "variants", "loader", "loop", "cluster", "probe", "gans"]
+SECTIONS = ["render", "variants", "loader", "loop", "cluster", "probe", "gans", "precision"]
 
 
 def machine() -> str:
