@@ -20,7 +20,7 @@ ARGS ?=
 SOURCE_IMAGE_DIR ?= $(wildcard $(CURDIR)/../shared/data/images)
 export SOURCE_IMAGE_DIR
 
-.PHONY: install pillow-simd test test-slow test-data bench shards repro-cpu repro-ablation-cpu clean
+.PHONY: install pillow-simd test test-slow test-data bench gpu-check shards repro-cpu repro-ablation-cpu repro-gpu clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ test-slow:
 bench:
 	$(PY) -m tests.bench.run --out docs/benchmarks.md
 
+# Every GPU path measured in at most 8 minutes on one GPU (docs/benchmarks-gpu.md); without a GPU, a CPU check.
+gpu-check:
+	PYTHONUNBUFFERED=1 $(PY) -m tests.bench.gpu_check --out docs/benchmarks-gpu.md
+
 shards:
 	$(PY) -m augment render --image $(IMG) --n $(N) --count $(D) --size $(S) --seed $(SEED) \
 	  --workers $(WORKERS) --out $(OUT) $(ARGS)
@@ -63,6 +67,17 @@ repro-cpu:
 
 repro-ablation-cpu:
 	$(PY) -m probe.repro --ablation --out docs/results.md $(REPRO_FLAGS)
+
+# Table 3 and Table 1 at the paper's scale on one GPU (docs/training.md, "On a GPU"): MonoGAN and every
+# Table 1 cell for MONOGAN_STEPS generator steps (gan_cifar.py's 200,000 by default), supervised and RotNet
+# for their own full schedules, bf16 throughout.
+# make repro-gpu [MONOGAN_STEPS=200000] [ABLATION_STEPS=200000] [REPRO_ARGS=...]
+MONOGAN_STEPS ?= 200000
+ABLATION_STEPS ?= $(MONOGAN_STEPS)
+repro-gpu:
+	$(PY) -m probe.repro --device cuda --ablation --work runs/repro-gpu --out docs/results-gpu.md \
+	  --workers $(WORKERS) --amp on --no-channels-last --monogan-steps $(MONOGAN_STEPS) \
+	  --ablation-steps $(ABLATION_STEPS) --full-schedules $(REPRO_FLAGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -20,6 +20,7 @@ from torch import nn
 from augment.files import file_digest
 from train.checkpoint import CHECKPOINT, load_checkpoint
 from train.models import Encoder, EncoderSpec
+from train.run import autocast
 
 # Prefixes wrappers put in front of parameter names: DDP (module.) and torch.compile (_orig_mod.).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -137,6 +138,7 @@ class Backbone:
     git: str = "unknown"
     forward_calls: int = 0
     digest: str = field(default="", repr=False)
+    amp_dtype: Any = None         # bf16: the feature pass runs under autocast (--amp); features stay float32
 
     @property
     def layer_names(self) -> list[str]:
@@ -160,7 +162,8 @@ class Backbone:
         (AlexNet on 32x32 CIFAR: conv5 is 1x1) still work.
         """
         self.forward_calls += 1
-        return activations(self.encoder, x, layers)
+        with autocast(x.device, self.amp_dtype):
+            return {k: v.float() for k, v in activations(self.encoder, x, layers).items()}
 
     def assert_unchanged(self) -> None:
         """Fail loudly if probing moved a weight or a BN statistic, or left the backbone in train mode."""

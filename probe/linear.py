@@ -39,8 +39,8 @@ from probe.data import (DATASETS, TRAIN_CROPS, BadImages, FolderImages, eval_spl
 from probe.heads import (LINEAR_INITS, POOLINGS, PROBE_BNS, SCHEDULES, TEN_CROP_AVERAGES, LayerProbe, build_probes,
                          lr_at, milestones, ten_crop_average)
 from train.loader import prepare
-from train.config import Finite, available_cpus
-from train.run import git_revision, library_versions, resolve_device
+from train.config import AMP_CHOICES, Finite, available_cpus
+from train.run import amp_dtype, git_revision, library_versions, resolve_device
 
 RESULT = "probe.json"
 LOG = "log.jsonl"
@@ -112,6 +112,7 @@ class ProbeConfig:
     protocol: str = "auto"            # auto: cifar for cifar10/100 and 32x32 folders, imagenet otherwise
     keep_cache: bool = True           # False: delete this run's cache files afterwards (disk: ~3.2 GB per
                                       # checkpoint for CIFAR-10 with the small encoder)
+    amp: str = "cuda"                 # the backbone pass's bf16 autocast, as the trainers' --amp
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -331,7 +332,9 @@ def run_cifar(cfg: ProbeConfig, bb: Backbone, layers: list[str], device: torch.d
     classes, tr, te = load_cifar(cfg.dataset, cfg.data_root)
     limit_split(tr, cfg.limit_train, cfg.seed)
     limit_split(te, cfg.limit_eval, cfg.seed)
-    path = fcache.entry_dir(cfg.cache, bb.encoder_hash, cfg.dataset, [tr, te], cfg.cache_dtype)
+    # bf16 features are other numbers: their own cache entry
+    path = fcache.entry_dir(cfg.cache, bb.encoder_hash, cfg.dataset, [tr, te],
+                            cfg.cache_dtype + ("-bf16" if bb.amp_dtype else ""))
     stats = fcache.ensure(bb, [tr, te], layers, path, skip_bad=cfg.skip_bad_images, batch_size=cfg.feature_batch_size,
                           workers=cfg.workers, device=device, dtype=cfg.cache_dtype,
                           progress=lambda it, **kw: bar(it, **kw))
@@ -530,6 +533,9 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     make_out(cfg.out)  # before anything slow: an --out that cannot exist fails at once
     bb = load_backbone(cfg.checkpoint, device)
+    bb.amp_dtype, why_fp32 = amp_dtype(device, cfg.amp)
+    if why_fp32:
+        click.echo(why_fp32, err=True)
     layers = bb.check_layers(list(cfg.layers))
     t0 = time.time()
     log = ProbeLog(os.path.join(cfg.out, LOG), {"git": git_revision(), "config": cfg.to_dict(), "argv": sys.argv,
@@ -550,7 +556,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
                                       "milestones": milestones(cfg.schedule, cfg.epochs),
                                       "lr_per_epoch": [lr_at(e, cfg.schedule, cfg.epochs, cfg.lr)
                                                        for e in range(cfg.epochs)],
-                                      "backbone_forward_calls": bb.forward_calls},
+                                      "backbone_forward_calls": bb.forward_calls,
+                                      "precision": "bf16" if bb.amp_dtype else "fp32"},
               "backbone_unchanged": True, "device": str(device), "git": git_revision(),
               "versions": library_versions(), "elapsed_s": round(time.time() - t0, 2),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -628,6 +635,9 @@ def variant_help(name: str, what: str) -> str:
               help="auto: cifar for cifar10/100 and ImageFolders of 32x32 images, imagenet for other ImageFolders.")
 @click.option("--jobs", default=D.jobs, show_default=True, type=click.IntRange(1),
               help="CIFAR on the CPU: train the layers' probes in this many processes (same results).")
+@click.option("--amp", type=click.Choice(AMP_CHOICES), default="cuda", show_default=True,
+              help="bf16 autocast of the backbone pass. cuda: on CUDA only; on: also on a CPU with native bf16 "
+                   "(fp32 elsewhere, said in one line); off: fp32.")
 def main(**kw) -> None:
     """Train linear probes on every conv layer of a frozen, BN-folded checkpoint."""
     kw["layers"] = tuple(s.strip() for s in kw["layers"].split(",") if s.strip())

@@ -114,6 +114,12 @@ class ReproConfig:
     methods: tuple[str, ...] = ()    # extra rows: simclr, dino (EXTRA_METHODS)
     ablation: bool = False
     device: str = "cpu"
+    # "default": each command's own --amp (the argv of work folders made before this option). fp32 stays the CPU default: bf16 matched fp32 within the seed spread for MonoGAN but not at RotNet's
+    # conv1 (docs/benchmarks.md, Precision), so the faster path is opt-in: --amp on --channels-last
+    amp: str = "default"
+    channels_last: bool = False
+    monogan_steps: int = 0           # if > 0: Table 3's MonoGAN trains this many generator steps
+    full_schedules: bool = False     # supervised and RotNet train their own --epochs schedules
 
 
 # --------------------------------------------------------------------------- steps
@@ -177,19 +183,26 @@ def render_args(cfg: ReproConfig, out: str, scale=True, rotation=True, jitter=Tr
     return args
 
 
-def train_common(cfg: ReproConfig, out: str, seconds: float, seed_offset: int = 0, steps: int = 0) -> list[str]:
+def amp_args(cfg: ReproConfig) -> list[str]:
+    """--amp for every command; none with "default", whose argv is that of work folders made before it."""
+    return [] if cfg.amp == "default" else ["--amp", cfg.amp]
+
+
+def train_common(cfg: ReproConfig, out: str, seconds: float, seed_offset: int = 0, steps: int = 0,
+                 full: bool = False) -> list[str]:
     """Flags every trained method shares; the budget is ``steps`` optimisation steps when given, else
-    ``seconds`` of training."""
+    ``seconds`` of training; ``full``: the trainer's own --epochs schedule instead."""
     budget = ["--max-steps", str(steps)] if steps else ["--time-budget", f"{seconds:g}"]
+    length = [] if full else ["--epochs", "10000", *budget]
     return ["--out", out, "--device", cfg.device, "--seed", str(cfg.seed + seed_offset),
-            "--workers", str(cfg.workers), "--epochs", "10000", *budget]
+            "--workers", str(cfg.workers), *length, *amp_args(cfg)] + (["--channels-last"] if cfg.channels_last else [])
 
 
 def probe_args(cfg: ReproConfig, ckpt: str, out: str, data: str) -> list[str]:
     return ["probe.linear", "--checkpoint", ckpt, "--dataset", "imagefolder", "--data-root", data,
             "--out", out, "--epochs", str(cfg.probe_epochs), "--schedule", cfg.schedule,
             "--device", cfg.device, "--workers", str(cfg.workers), "--protocol", "cifar",
-            "--jobs", str(cfg.probe_jobs),
+            "--jobs", str(cfg.probe_jobs), *amp_args(cfg),
             # the float16 CIFAR-10 cache is ~3 GB per checkpoint: kept only while that probe runs
             "--cache", os.path.join(cfg.work, "cache"), "--drop-cache"]
 
@@ -251,7 +264,10 @@ def main_plan(cfg: ReproConfig, data: str) -> list[tuple[str, list[str], str | N
                                            "--out", out], None))
         else:
             argv = [data if a == "{data}" else a for a in argv]
-            plan.append((f"train {label}", argv + train_common(cfg, out, cfg.train_seconds), None))
+            gan = argv[0] == "train.monogan"
+            plan.append((f"train {label}", argv + train_common(cfg, out, cfg.train_seconds,
+                                                               steps=cfg.monogan_steps if gan else 0,
+                                                               full=cfg.full_schedules and not gan), None))
         res = probe_dir(cfg, label)
         plan.append((f"probe {label}", probe_args(cfg, os.path.join(out, "checkpoint.pt"), res, data), res))
     return plan
@@ -653,8 +669,18 @@ def run_repro(cfg: ReproConfig) -> dict:
               help=f"Extra rows on the Image B set, comma-separated: {', '.join(EXTRA_METHODS)} (off by default).")
 @click.option("--ablation", is_flag=True, help="Also run Table 1's eight augmentation cells.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--amp", default=ReproConfig.amp, show_default=True,
+              type=click.Choice(["default", "cuda", "on", "off"]),
+              help="--amp of every train and probe command (default: each command's own, as before this option).")
+@click.option("--channels-last/--no-channels-last", default=ReproConfig.channels_last, show_default=True,
+              help="Train with --channels-last.")
+@click.option("--monogan-steps", default=0, show_default=True, type=click.IntRange(0),
+              help="Table 3's MonoGAN trains this many generator steps instead of --train-minutes.")
+@click.option("--full-schedules", is_flag=True,
+              help="Supervised and RotNet train their own --epochs schedules instead of --train-minutes.")
 def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes, ablation_steps, probe_epochs,
-        schedule, batch_size, workers, seed, rotnet, methods, ablation, device) -> None:
+        schedule, batch_size, workers, seed, rotnet, methods, ablation, device, amp, channels_last, monogan_steps,
+        full_schedules) -> None:
     """Reproduce Table 3 (and with --ablation, Table 1) at reduced scale: render, train, probe, report."""
     if not os.path.isdir(images):
         raise click.ClickException(f"{images}: no such folder; pass IMAGES=folder/with/animals.png")
@@ -666,7 +692,8 @@ def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes,
                       count=count, train_seconds=train_minutes * 60, ablation_seconds=ablation_minutes * 60,
                       ablation_steps=ablation_steps,
                       probe_epochs=probe_epochs, schedule=schedule, batch_size=batch_size, workers=workers,
-                      seed=seed, rotnet=rotnet, ablation=ablation, device=device)
+                      seed=seed, rotnet=rotnet, ablation=ablation, device=device, amp=amp,
+                      channels_last=channels_last, monogan_steps=monogan_steps, full_schedules=full_schedules)
     t0 = time.time()
     rows = run_repro(cfg)
     click.echo(f"wrote {out} ({len(rows['main'])} methods, {len(rows['ablation'])} ablation cells) in "

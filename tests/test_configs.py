@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from train.config import parse_config
 
 COMMON = {"--shards", "--out", "--batch-size", "--workers", "--device", "--seed", "--epochs", "--max-steps",
-          "--resume", "--amp", "--time-budget", "--log-every"}
+          "--resume", "--amp", "--no-amp", "--time-budget", "--log-every"}
 # The options each command had before the one-loop refactor (none may disappear), and the variants' options.
 OPTIONS = {
     "rotnet": COMMON | {"--arch", "--crop", "--eval-batches", "--gamma", "--lr", "--milestones", "--momentum",
@@ -45,8 +45,9 @@ def test_every_option_users_call_exists(name):
 def test_lists_and_flags_parse_into_the_config():
     from train import bigan, supervised
 
-    cfg = parse_config(supervised.Config, ["--milestones", "5,2", "--freeze", "conv1,conv2", "--no-amp"])
-    assert cfg.milestones == (5, 2) and cfg.freeze == ("conv1", "conv2") and cfg.amp is False
+    cfg = parse_config(supervised.Config, ["--milestones", "5,2", "--freeze", "conv1,conv2", "--amp", "off",
+                                              "--channels-last"])
+    assert cfg.milestones == (5, 2) and cfg.freeze == ("conv1", "conv2") and cfg.amp == "off" and cfg.channels_last
     assert parse_config(bigan.Config, ["--final-lr-mult", "0.5", "--linear-decay"]).final_lr_mult == 0.5
 
 
@@ -73,3 +74,11 @@ def test_non_finite_numbers_are_refused(tmp_path, value):
 
     r = CliRunner().invoke(rotnet.cli, ["--shards", str(tmp_path), "--out", str(tmp_path / "r"), "--lr", value])
     assert r.exit_code == 2 and "--lr" in r.output and "finite" in r.output
+
+
+def test_the_old_amp_flags_still_work():
+    from train import rotnet
+
+    assert parse_config(rotnet.Config, ["--no-amp"]).amp == "off"
+    assert parse_config(rotnet.Config, ["--amp"]).amp == "cuda"      # the old flag: bf16 on CUDA
+    assert parse_config(rotnet.Config, ["--amp", "on"]).amp == "on"

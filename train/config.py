@@ -23,6 +23,11 @@ from typing import Any, Callable, ClassVar
 import click
 from click.core import ParameterSource
 
+# --amp: where bf16 autocast is used (train.run.amp_dtype). "cuda" keeps every CPU run's numerics fp32.
+AMP_CHOICES = ("cuda", "on", "off")
+# --decode-device: where the loader decodes JPEG batches (train.loader.decode).
+DECODE_DEVICES = ("cpu", "cuda")
+
 
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask, not the machine's count)."""
@@ -44,10 +49,10 @@ class Finite(click.FloatRange):
 
 def option(default: Any, help: str = "", *, lo: float | None = None, hi: float | None = None,
            lo_open: bool = False, hi_open: bool = False, choices: tuple[str, ...] | None = None,
-           name: str | None = None) -> Any:
+           name: str | None = None, bare: Any = None) -> Any:
     """A config field with what its command-line option needs (help, bounds, choices, option name)."""
     meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
-            "name": name}
+            "name": name, "bare": bare}
     return field(default=default, metadata=meta)
 
 
@@ -66,7 +71,14 @@ class CommonConfig:
     max_steps: int = option(0, "Stop (with a checkpoint) after this many optimisation steps in total "
                             "(0: no limit).", lo=0)
     resume: bool = option(False, "Continue from OUT/checkpoint.pt.")
-    amp: bool = option(True, "bf16 autocast on CUDA (ignored on the CPU).")
+    amp: str = option("cuda", "bf16 autocast. cuda: on CUDA only (CPU runs stay fp32); on: also on a CPU with "
+                      "native bf16 (avx512_bf16/amx_bf16; fp32 elsewhere, said in one line); off: fp32.",
+                      choices=AMP_CHOICES, bare="cuda")
+    channels_last: bool = option(False, "Channels-last networks (faster with --amp on on a bf16 CPU: "
+                                 "docs/training.md).")
+    decode_device: str = option("cpu", "Where JPEG batches are decoded: cpu (in the workers) or cuda (batched "
+                                "nvJPEG on the training GPU; falls back to cpu, said in one line, without one).",
+                                choices=DECODE_DEVICES)
     log_every: int = option(20, "Log averaged statistics every K steps.", lo=1)
     time_budget: float = option(0.0, "Stop with a checkpoint after this many training seconds, summed over "
                                 "resumes (0: none). Equal budgets make methods comparable on one machine.", lo=0)
@@ -83,7 +95,7 @@ class CommonConfig:
     # --variant NAME -> the field values it sets (explicit options win); "paper" is the fields' defaults.
     VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {}
     # Old flag -> (field, {flag value: field value}): a boolean alias option of a choice field.
-    ALIASES: ClassVar[dict[str, tuple[str, dict[bool, Any]]]] = {}
+    ALIASES: ClassVar[dict[str, tuple[str, dict[bool, Any]]]] = {"no_amp": ("amp", {True: "off"})}
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted(asdict(self).items()))
@@ -132,7 +144,8 @@ def _param(cls: type, f: dataclasses.Field, kind: Any) -> click.Option:
         inner = next(a for a in args if a is not type(None))
         return click.Option([flag, f.name], type=_range(inner, m), **kw)
     if m.get("choices"):
-        return click.Option([flag, f.name], type=click.Choice(m["choices"]), **kw)
+        bare = {} if m.get("bare") is None else {"is_flag": False, "flag_value": m["bare"]}
+        return click.Option([flag, f.name], type=click.Choice(m["choices"]), **bare, **kw)
     return click.Option([flag, f.name], type=_range(kind, m), **kw)
 
 
@@ -151,10 +164,21 @@ def variant_config(cls: type, variant: str = "paper", **given: Any) -> Any:
     return cls(**({"variant": variant} if "variant" in cls.__dataclass_fields__ else {}), **values, **given)
 
 
+def aliases(cls: type) -> dict[str, tuple[str, dict[bool, Any]]]:
+    """Every ``ALIASES`` entry of ``cls`` and its bases (a subclass adds to its bases' aliases)."""
+    merged = {k: v for klass in reversed(cls.__mro__) for k, v in getattr(klass, "ALIASES", {}).items()}
+    return {k: v for k, v in merged.items() if v[0] not in cls.UNUSED}
+
+
 def _alias_params(cls: type) -> list[click.Option]:
-    return [click.Option([f"--{a.replace('_', '-')}/--no-{a.replace('_', '-')}", a], default=None,
-                         help=f"Alias of --{f.replace('_', '-')} ({', '.join(f'{k}: {v}' for k, v in m.items())}).")
-            for a, (f, m) in cls.ALIASES.items()]
+    """A ``--x/--no-x`` flag per alias; a one-way alias (only True mapped, e.g. ``--no-amp``) is one flag."""
+    out = []
+    for a, (f, m) in aliases(cls).items():
+        said = f"Alias of --{f.replace('_', '-')} ({', '.join(f'{k}: {v}' for k, v in m.items())})."
+        decls = [f"--{a.replace('_', '-')}"] if set(m) == {True} else [f"--{a.replace('_', '-')}/--no-{a.replace('_', '-')}"]
+        flag = {"is_flag": True} if set(m) == {True} else {}
+        out.append(click.Option([*decls, a], default=None, help=said, **flag))
+    return out
 
 
 def _build(cls: type, kw: dict[str, Any]) -> Any:
@@ -162,8 +186,8 @@ def _build(cls: type, kw: dict[str, Any]) -> Any:
     ctx = click.get_current_context()
     given = {k: v for k, v in kw.items() if k in cls.__dataclass_fields__ and k != "variant"
              and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
-    for alias, (f, mapping) in cls.ALIASES.items():
-        if kw.get(alias) is None:
+    for alias, (f, mapping) in aliases(cls).items():
+        if kw.get(alias) is None or kw[alias] not in mapping:
             continue
         if f in given and given[f] != mapping[kw[alias]]:
             raise click.UsageError(f"--{alias.replace('_', '-')} contradicts --{f.replace('_', '-')} "

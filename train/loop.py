@@ -30,7 +30,8 @@ from train.run import ResumeState, Run
 
 # Options that only say how long or how a run goes on: a resume applies their new values.
 RESUMABLE = frozenset({"resume", "out", "epochs", "max_steps", "time_budget", "log_every", "device", "amp",
-                       "verify_stream", "allow_changed_inputs", "sample_every", "eval_batches", "skip_bad_images"})
+                       "channels_last", "decode_device", "verify_stream", "allow_changed_inputs", "sample_every",
+                       "eval_batches", "skip_bad_images"})
 # What fixes the order of the batches: a resume with other values is not the same run.
 INPUTS = ("shards", "batch_size", "seed", "workers")
 
@@ -211,6 +212,7 @@ def fit(method: Method) -> dict[str, Any]:
             method.cfg = run.cfg
             method.check()
         objects = method.build(run)
+        run.place_decoding(method.loader)
         data = getattr(method.loader, "manifest", None)
         if data is not None:
             run.log({"event": "data", "set_id": data.id, "count": data.count, "size": data.size,

@@ -33,7 +33,8 @@ class Config(CommonConfig):
     out: str = "runs/monogan"
     batch_size: int = 64
     epochs: int = 100
-    amp: bool = False  # fp32 by default: the penalty's double backward in bf16 is untested
+    # fp32 by default: bf16 (--amp on) holds on the CPU (docs/benchmarks.md, precision), not yet measured on CUDA
+    amp: str = "off"
     z_dim: int = option(128, "Gaussian latent size.", lo=1)
     g_width: int = option(64, "Generator width (channels of its last hidden layer; WGAN-GP's reference: 128).", lo=1)
     critic_norm: str = option("none", "Per-sample normalisation in the critic (BatchNorm would break the "

@@ -31,7 +31,8 @@ class Config(CommonConfig):
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "sobel")
     UNUSED: ClassVar[tuple[str, ...]] = ("shards", "batch_size", "workers", "device", "epochs", "max_steps",
-                                         "resume", "amp", "log_every", "time_budget", "verify_stream")
+                                         "resume", "amp", "log_every", "time_budget", "verify_stream",
+                                         "channels_last", "decode_device")
 
 
 def main(cfg: Config) -> str:

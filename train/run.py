@@ -5,8 +5,9 @@
 * ``out/log.jsonl``: first line ``{"git": ..., "config": {sorted}, ...}``, then one JSON object per event;
 * ``out/checkpoint.pt`` (``train.checkpoint``): written atomically with a payload digest;
 * ``--resume``: ``run.restore(objects)``; the checkpoint's architecture fields win;
-* device choice, DDP under ``torchrun`` (env ``WORLD_SIZE``), bf16 autocast on CUDA, and the fail-fast
-  check that every statistic of a step is finite (the last good checkpoint stays intact).
+* device choice, DDP under ``torchrun`` (env ``WORLD_SIZE``), bf16 autocast (``--amp``: on CUDA, and on a
+  CPU with native bf16 when asked), channels-last networks (``--channels-last``), and the fail-fast check
+  that every statistic of a step is finite (the last good checkpoint stays intact).
 """
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ from augment.files import describe_os_error, remove_stale_temps
 from augment.lock import folder_lock
 from augment.seeds import mix
 from train.checkpoint import CHECKPOINT, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
-from train.config import CommonConfig
+from train.config import AMP_CHOICES, CommonConfig
 
 LOG = "log.jsonl"
+# /proc/cpuinfo flags of x86 CPUs that compute bf16 natively; elsewhere bf16 autocast is emulated and
+# slower than fp32, so it is not used.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def git_revision() -> str:
@@ -83,6 +87,49 @@ def resolve_device(name: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise click.ClickException(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
+    """Which of ``CPU_BF16_FLAGS`` this CPU reports (empty off Linux/x86 or without native bf16)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ()
+    return tuple(fl for fl in CPU_BF16_FLAGS if fl in flags)
+
+
+def amp_dtype(device: torch.device, amp: str, cpuinfo: str = "/proc/cpuinfo") -> tuple[torch.dtype | None, str]:
+    """The autocast dtype for ``--amp`` on ``device`` (None: fp32) and, when fp32 is used although bf16 was
+    asked for, the one line that says so (else "").
+
+    ``cuda``: bf16 on CUDA only, so CPU runs keep their fp32 numerics; ``on``: also on a CPU with native
+    bf16 (``CPU_BF16_FLAGS``); ``off``: fp32 everywhere.
+    """
+    if amp not in AMP_CHOICES:
+        raise click.ClickException(f"--amp {amp}: use one of {', '.join(AMP_CHOICES)}")
+    if amp == "off" or (amp == "cuda" and device.type != "cuda"):
+        return None, ""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16, ""
+        return None, (f"--amp {amp}: {torch.cuda.get_device_name(device)} has no native bf16, so this run "
+                      f"uses fp32")
+    if cpu_bf16_flags(cpuinfo):
+        return torch.bfloat16, ""
+    return None, (f"--amp {amp}: this CPU has no native bf16 ({' or '.join(CPU_BF16_FLAGS)}), so this run "
+                  f"uses fp32")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op context for fp32 (``dtype`` None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 @dataclass(frozen=True)
@@ -203,6 +250,9 @@ class Run:
         self.method = method
         device = resolve_device(cfg.device)
         self.dist, self.device = init_distributed(device)
+        self.amp_dtype, why_fp32 = amp_dtype(self.device, cfg.amp)
+        if why_fp32:
+            self.echo(why_fp32)
         self._hold = contextlib.ExitStack()
         if self.dist.is_main:
             self._claim(cfg.out)
@@ -246,7 +296,8 @@ class Run:
     def _header(self) -> None:
         head = {"git": git_revision(), "config": self.cfg.to_dict(), "method": self.method,
                 "versions": library_versions(), "world_size": self.dist.world_size,
-                "device": str(self.device), "argv": sys.argv, "resume": bool(self.saved),
+                "device": str(self.device), "precision": "bf16" if self.amp_dtype else "fp32",
+                "argv": sys.argv, "resume": bool(self.saved),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if self.saved and getattr(self, "arch_changes", None):
             head["arch_from_checkpoint"] = {k: v[1] for k, v in self.arch_changes.items()}
@@ -304,13 +355,23 @@ class Run:
         return self.budget.reached(self.dist, self.device)
 
     def autocast(self):
-        if self.device.type == "cuda" and self.cfg.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The run's precision for a forward pass: bf16 autocast as ``--amp`` and the device allow, else fp32."""
+        return autocast(self.device, self.amp_dtype)
+
+    def place_decoding(self, loader: Any) -> None:
+        """``--decode-device cuda``: the training loader decodes its JPEG batches on this run's GPU; where it
+        cannot, one line says why and decoding stays on the CPU. The log records which."""
+        if self.cfg.decode_device != "cuda":
+            return
+        decode_on = getattr(loader, "decode_on", None)
+        why = decode_on(self.device) if decode_on else "this method's data are not a shard set"
+        if why:
+            self.echo(f"--decode-device cuda: {why}; decoding on the CPU")
+        self.log({"event": "decode_device", "device": "cpu" if why else str(self.device), "why": why})
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """Move to the device and wrap in DDP when running under torchrun."""
-        model = model.to(self.device)
+        """Move to the device (channels-last with ``--channels-last``) and wrap in DDP under torchrun."""
+        model = model.to(self.device, memory_format=memory_format(self.cfg.channels_last))
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -16,7 +16,7 @@ import click
 
 from augment.files import write_text_atomic
 
-SECTIONS = ["render", "variants", "loader", "loop", "cluster", "probe", "gans"]
+SECTIONS = ["render", "variants", "loader", "loop", "cluster", "probe", "gans", "precision"]
 
 
 def machine() -> str:

@@ -3,6 +3,10 @@
 In a worker the batches live in a ``BatchRing`` of reused shared-memory slots and only a ``SlotRef``
 crosses the process boundary. A transform that returns several views (SimCLR, DINO) fills one batch
 per view. Batches leave as uint8 (4x less traffic than float).
+
+With GPU decoding (``--decode-device cuda``) a ``Batcher`` in ``raw`` mode decodes nothing: it sends the
+JPEG payloads with the batch's crop draws (a ``RawBatch``), and ``finish_raw`` decodes them in one nvJPEG
+call on the GPU and crops there, with the same draws, so the batch order and the crops are the CPU path's.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from train.loader.decode import decode_image
+from train.loader.decode import decode_image, decode_jpegs
 from train.loader.read import ShardError
 from train.loader.transform import CropFlip, Transform, copy_chw, sample_seed
 
@@ -34,6 +38,34 @@ class SlotRef(NamedTuple):
     worker: int
     slot: int
     n: int
+
+
+class RawBatch(NamedTuple):
+    """An undecoded batch for the GPU: JPEG payloads, the batch's crop draws (None: no crop), keys, shard urls."""
+    data: list
+    u: np.ndarray | None
+    keys: torch.Tensor
+    urls: list[str]
+
+
+def finish_raw(raw: RawBatch, transform: CropFlip | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a ``RawBatch`` on ``device`` in one call and crop it there: ``(uint8 N x C x H x W, keys)``."""
+    try:
+        images = decode_jpegs(raw.data, device)
+    except ValueError as e:
+        i, msg = e.args
+        if i is None:
+            raise ShardError(f"{raw.urls[0]}: a batch failed to decode on {device} ({msg}); train with "
+                             f"--decode-device cpu") from None
+        raise ShardError(f"{raw.urls[i]}: sample {int(raw.keys[i])} cannot be decoded ({msg}); run "
+                         f"`python -m augment verify` on the set") from None
+    if transform is None:
+        return torch.stack(images), raw.keys
+    out = torch.empty((len(images), images[0].shape[0], transform.size, transform.size), dtype=torch.uint8,
+                      device=device)
+    for img, u, slot in zip(images, raw.u, out):
+        transform.into(img, u, slot)
+    return out, raw.keys
 
 
 class BatchRing:
@@ -76,12 +108,14 @@ class Batcher:
     """Decode, augment and write each sample into its slot of a preallocated batch."""
 
     def __init__(self, transform: Transform | None, batch_size: int, image_ext: str, decode: str,
-                 slot_seed: int, shared: bool, ring: BatchRing | None = None, worker: int = 0):
+                 slot_seed: int, shared: bool, ring: BatchRing | None = None, worker: int = 0, raw: bool = False):
         self.t, self.bs, self.seed, self.shared = transform, batch_size, slot_seed, shared
         self.ext, self.how, self.ring, self.worker = image_ext, decode, ring, worker
-        self.batched = isinstance(transform, CropFlip)
+        self.batched, self.raw = isinstance(transform, CropFlip), raw
         self.images: list[torch.Tensor] = []
         self.keys: list[int] = []
+        self.payloads: list = []
+        self.urls: list[str] = []
         self.u, self.slot = np.empty(0), 0
 
     def _decode(self, url: str, key: str, data) -> torch.Tensor:
@@ -102,9 +136,25 @@ class Batcher:
         else:
             self.images = [_new_batch((self.bs, *s), self.shared) for s in shapes]
 
+    def _keep(self, i: int, pos: int, url: str, key: str, data) -> None:
+        """Raw mode: keep the payload undecoded (and draw the batch's crops at its first sample)."""
+        if data is None:
+            raise ShardError(f"{url}: sample {key} has no .{self.ext} member; run `python -m augment verify` "
+                             f"on the set")
+        if i == 0:
+            self.payloads, self.urls, self.keys = [], [], []
+            self.u = self.t.draw(np.random.default_rng([self.seed, pos // self.bs]), self.bs) if self.batched \
+                else None
+        self.payloads.append(data)
+        self.urls.append(url)
+
     def add(self, pos: int, url: str, key: str, data):
         """Add the sample at stream position ``pos``; returns the batch it completes, if it does."""
         i = pos % self.bs
+        if self.raw:
+            self._keep(i, pos, url, key, data)
+            self.keys.append(int(key))
+            return self.flush() if i == self.bs - 1 else None
         img = self._decode(url, key, data)
         if self.batched:
             if i == 0:
@@ -132,6 +182,8 @@ class Batcher:
             return None
         keys = torch.tensor(self.keys, dtype=torch.int64)
         self.keys = []
+        if self.raw:
+            return RawBatch(self.payloads, None if self.u is None else self.u[:n].copy(), keys, self.urls)
         if self.ring is not None:
             self.ring.keys[self.worker, self.slot, :n].copy_(keys)
             return SlotRef(self.worker, self.slot, n)

@@ -1,4 +1,5 @@
-"""Decode: JPEG/PNG bytes -> uint8 C x H x W tensors; ``prepare`` scales a batch to (-1, 1) on a device."""
+"""Decode: JPEG/PNG bytes -> uint8 C x H x W tensors (one at a time on the CPU, or a batch at once on a GPU
+with nvJPEG: ``decode_jpegs``); ``prepare`` scales a batch to (-1, 1) on a device."""
 from __future__ import annotations
 
 import io
@@ -30,6 +31,22 @@ def decode_image(data: bytes | bytearray, how: str = "torchvision") -> torch.Ten
     with Image.open(io.BytesIO(data)) as im:
         arr = np.asarray(im.convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def decode_jpegs(data: list, device: torch.device) -> list[torch.Tensor]:
+    """A batch of JPEG payloads -> uint8 RGB C x H x W tensors on ``device``, decoded in one call (on CUDA:
+    torchvision's batched nvJPEG). A payload that does not decode raises ``ValueError(index, message)``."""
+    bufs = [torch.frombuffer(d if isinstance(d, bytearray) else bytearray(d), dtype=torch.uint8) for d in data]
+    try:
+        return decode_jpeg(bufs, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as batch_error:
+        # The batched call names no sample: find the first payload that fails on its own.
+        for i, buf in enumerate(bufs):
+            try:
+                decode_jpeg(buf, mode=ImageReadMode.RGB)
+            except RuntimeError as e:
+                raise ValueError(i, str(e)[:120]) from None
+        raise ValueError(None, str(batch_error)[:120]) from None
 
 
 def prepare(images: torch.Tensor, device: torch.device) -> torch.Tensor:

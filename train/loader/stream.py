@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from augment.manifest import Manifest, read_manifest
 from augment.seeds import mix
-from train.loader.batch import Batcher, BatchRing, SlotRef
+from train.loader.batch import Batcher, BatchRing, RawBatch, SlotRef, finish_raw
 from train.loader.plan import piece_sizes, plan_epoch, skipped_per_role, worker_share
 from train.loader.read import ShardError
 from train.loader.shuffle import slot_samples
@@ -58,6 +58,7 @@ class ShardStream(IterableDataset):
         self.epoch, self.skip, self.batches, self.once = 0, 0, 0, False
         self.mult: np.ndarray | None = None
         self.ring: BatchRing | None = None   # set per epoch: workers then yield SlotRefs
+        self.raw = False                     # True: yield undecoded RawBatches (decoded on the GPU)
 
     def _slot(self) -> tuple[int, int, int, int]:
         """(worker, workers, role, slot): after skipping k batches worker w plays role (w + k) % workers,
@@ -76,7 +77,7 @@ class ShardStream(IterableDataset):
         pieces = plan_epoch(s.counts, s.seed, self.epoch, n_slots, s.firsts, mult)[slot]
         in_worker = get_worker_info() is not None
         batcher = Batcher(self.transform, s.batch_size, s.image_ext, s.decode, mix(s.seed, self.epoch, s.rank, role),
-                          shared=in_worker, ring=self.ring if in_worker else None, worker=worker)
+                          shared=in_worker, ring=self.ring if in_worker else None, worker=worker, raw=self.raw)
         if self.once:
             for pos, (url, key, data) in slot_samples(s, self.epoch, pieces, slot, None, None):
                 if (batch := batcher.add(pos, url, key, data)) is not None:
@@ -95,10 +96,10 @@ class ShardStream(IterableDataset):
 
 class EpochBatches:
     """One epoch of a loader: iterable once per call, with ``len()``, and worker errors turned
-    into one-line ``click.ClickException`` messages naming the shard."""
+    into one-line ``click.ClickException`` messages naming the shard. ``finish`` decodes raw batches."""
 
-    def __init__(self, loader: DataLoader, length: int, ring: BatchRing | None = None):
-        self.loader, self.length, self.ring = loader, length, ring
+    def __init__(self, loader: DataLoader, length: int, ring: BatchRing | None = None, finish=None):
+        self.loader, self.length, self.ring, self.finish = loader, length, ring, finish
 
     def __len__(self) -> int:
         return self.length
@@ -106,7 +107,10 @@ class EpochBatches:
     def __iter__(self):
         try:
             for batch in self.loader:
-                yield self.ring.take(batch) if isinstance(batch, SlotRef) else batch
+                if isinstance(batch, RawBatch):
+                    yield self.finish(batch)
+                else:
+                    yield self.ring.take(batch) if isinstance(batch, SlotRef) else batch
         except ShardError as e:
             # From a worker, the message is "Caught ShardError in DataLoader worker ... Traceback ...":
             # keep the original one-line message (its last line).
@@ -128,6 +132,7 @@ class ShardLoader:
     stream: ShardStream
     workers: int
     pin_memory: bool = False
+    decode_device: torch.device | None = None   # set by ``decode_on``: JPEG batches are decoded there
 
     @property
     def draws(self) -> int:
@@ -145,10 +150,24 @@ class ShardLoader:
             raise ValueError(f"{len(mult)} multiplicities for a set of {self.manifest.count} samples")
         self.stream.mult = mult
 
+    def decode_on(self, device: torch.device) -> str:
+        """Decode this loader's JPEG batches on ``device`` (a GPU, nvJPEG) from now on; or, where that cannot
+        be, leave decoding on the CPU and return why (one clause)."""
+        t = self.stream.transform
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return "no CUDA device is visible here" if not torch.cuda.is_available() else \
+                f"the run trains on {device}, not on a GPU"
+        if self.manifest.image_format not in ("jpg", "jpeg"):
+            return f"the set's patches are {self.manifest.image_format.upper()}, and nvJPEG decodes JPEG only"
+        if not (t is None or isinstance(t, CropFlip)):
+            return "this method's augmentation runs per sample on the CPU"
+        self.decode_device = device
+        return ""
+
     def _ring(self) -> BatchRing | None:
         """A fresh ring for this epoch's workers, when the batch shape is known before decoding."""
         t, s = self.stream.transform, self.stream.spec
-        if not self.workers or not (t is None or isinstance(t, CropFlip)):
+        if not self.workers or not (t is None or isinstance(t, CropFlip)) or self.decode_device is not None:
             return None
         shape = (3, t.size, t.size) if isinstance(t, CropFlip) else (3, self.manifest.size, self.manifest.size)
         return BatchRing(self.workers, PREFETCH + 2, s.batch_size, shape, pin=self.pin)
@@ -160,11 +179,15 @@ class ShardLoader:
 
     def _batches(self, workers: int, once: bool, length: int) -> EpochBatches:
         self.stream.ring = ring = self._ring() if workers else None
+        dev = self.decode_device
+        self.stream.raw = dev is not None
         # Workers are not persistent: each epoch's workers get the stream with its new epoch and ring.
         dl = DataLoader(self.stream, batch_size=None, num_workers=workers,
-                        pin_memory=self.pin and ring is None, prefetch_factor=PREFETCH if workers else None,
+                        pin_memory=self.pin and ring is None and dev is None,
+                        prefetch_factor=PREFETCH if workers else None,
                         worker_init_fn=_worker_init if workers else None)
-        return EpochBatches(dl, length, ring)
+        finish = None if dev is None else (lambda raw: finish_raw(raw, self.stream.transform, dev))
+        return EpochBatches(dl, length, ring, finish)
 
     def epoch(self, epoch: int, skip: int = 0) -> EpochBatches:
         """Batches of ``epoch`` on this rank; ``skip`` leaves out the first ones (exact mid-epoch resume)."""
