@@ -20,7 +20,7 @@ ARGS ?=
 SOURCE_IMAGE_DIR ?= $(wildcard $(CURDIR)/../shared/data/images)
 export SOURCE_IMAGE_DIR
 
-.PHONY: install pillow-simd test test-slow test-data bench shards repro-cpu repro-ablation-cpu clean
+.PHONY: install pillow-simd test test-slow test-data bench shards repro-cpu repro-ablation-cpu repro-finetune-cpu clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ repro-cpu:
 
 repro-ablation-cpu:
 	$(PY) -m probe.repro --ablation --out docs/results.md $(REPRO_FLAGS)
+
+# make repro-finetune-cpu [IMAGES=...] [CIFAR=...] [FINETUNE_ARGS="--retrain-steps 1600"], after make repro-cpu:
+# Tables 4 and 5 and Figs. 3 and 5 from its checkpoints (runs/repro-cpu) -> docs/results-finetune.md (+ -fig3/-fig5.png)
+FINETUNE_FLAGS = $(if $(IMAGES),--images $(IMAGES)) $(if $(CIFAR),--cifar $(CIFAR)) $(FINETUNE_ARGS)
+
+repro-finetune-cpu:
+	$(PY) -m probe.finetune --out docs/results-finetune.md $(FINETUNE_FLAGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache
