@@ -20,7 +20,7 @@ ARGS ?=
 SOURCE_IMAGE_DIR ?= $(wildcard $(CURDIR)/../shared/data/images)
 export SOURCE_IMAGE_DIR
 
-.PHONY: install pillow-simd test test-slow test-data bench gpu-check shards repro-cpu repro-ablation-cpu repro-gpu clean
+.PHONY: install pillow-simd test test-slow test-data bench gpu-check shards repro-cpu repro-ablation-cpu repro-gpu repro-finetune-cpu clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,13 @@ repro-gpu:
 	$(PY) -m probe.repro --device cuda --ablation --work runs/repro-gpu --out docs/results-gpu.md \
 	  --workers $(WORKERS) --amp on --no-channels-last --monogan-steps $(MONOGAN_STEPS) \
 	  --ablation-steps $(ABLATION_STEPS) --full-schedules $(REPRO_FLAGS)
+
+# make repro-finetune-cpu [IMAGES=...] [CIFAR=...] [FINETUNE_ARGS="--retrain-steps 1600"], after make repro-cpu:
+# Tables 4 and 5 and Figs. 3 and 5 from its checkpoints (runs/repro-cpu) -> docs/results-finetune.md (+ -fig3/-fig5.png)
+FINETUNE_FLAGS = $(if $(IMAGES),--images $(IMAGES)) $(if $(CIFAR),--cifar $(CIFAR)) $(FINETUNE_ARGS)
+
+repro-finetune-cpu:
+	$(PY) -m probe.finetune --out docs/results-finetune.md $(FINETUNE_FLAGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

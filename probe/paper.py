@@ -1,4 +1,4 @@
-"""The paper's linear-probe numbers (Asano et al., ICLR 2020, Tables 1-3), for "beside" columns and figures.
+"""The paper's numbers (Asano et al., ICLR 2020, Tables 1-5), for "beside" columns and figures.
 
 Rows are keyed by the paper's letter (``"p"``) and also findable by their full label. ``None`` is the
 paper's "-" (not reported).
@@ -66,13 +66,32 @@ TABLE3 = {r.key: r for r in [  # CIFAR-10/100, small encoder conv1..conv4
     PaperRow("monogan", "MonoGAN", {"cifar10": [68.1, 72.3, 70.8, 63.5], "cifar100": [39.9, 46.9, 44.5, 38.8]}),
 ]}
 
-TABLES = {"table1": TABLE1, "table2": TABLE2, "table3": TABLE3}
+# Table 4: conv1-2 frozen (or replaced by the Scattering transform), the rest retrained on ImageNet
+# LSVRC-12; AlexNet top-1. One column, so it is not among the per-layer TABLES below.
+TABLE4 = _rows("imagenet", [
+    ("full-sup", "Full sup.", [59.4]),
+    ("random", "Random", [42.6]),
+    ("scattering", "Scattering", [49.2]),
+    ("bigan-a", "BiGAN, A", [51.4]),
+    ("rotnet-a", "RotNet, A", [49.5]),
+    ("deepcluster-a", "DeepCluster A", [52.5]),
+])
+
+TABLE5 = _rows("imagenet", [  # conv1-2 from a single-image model, whole AlexNet fine-tuned, then probed (10 crops)
+    ("full-sup", "Full sup.", [19.3, 36.3, 44.2, 48.3, 50.5]),
+    ("bigan-a", "BiGAN, A", [22.5, 37.6, 44.2, 47.6, 48.3]),
+    ("rotnet-a", "RotNet, A", [22.0, 38.2, 44.8, 49.2, 51.8]),
+    ("deepcluster-a", "DeepCluster, A", [21.8, 35.9, 43.6, 48.8, 50.4]),
+])
+
+TABLES = {"table1": TABLE1, "table2": TABLE2, "table3": TABLE3, "table5": TABLE5}
 LAYERS = {"table1": ["conv1", "conv2", "conv3", "conv4"], "table2": ["conv1", "conv2", "conv3", "conv4", "conv5"],
-          "table3": ["conv1", "conv2", "conv3", "conv4"]}
+          "table3": ["conv1", "conv2", "conv3", "conv4"], "table5": ["conv1", "conv2", "conv3", "conv4", "conv5"]}
 # Which result datasets each table's columns stand for (ImageNet-style folders fill Table 2's; a 32x32
 # ImageFolder is taken to be CIFAR-10, the only CIFAR offline, as the JPEG tree of ../shared/data).
 DATASET_COLUMNS = {"table1": {"cifar10": "cifar10", "imagefolder-cifar": "cifar10"},
                    "table2": {"imagefolder-imagenet": "imagenet"},
+                   "table5": {"imagefolder-imagenet": "imagenet"},
                    "table3": {"cifar10": "cifar10", "cifar100": "cifar100", "imagefolder-cifar": "cifar10"}}
 
 
