@@ -212,11 +212,16 @@ class _Hashing(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        data = self.f.read(len(b))
-        b[:len(data)] = data
-        self.sha.update(data)
-        self.n += len(data)
-        return len(data)
+        into = getattr(self.f, "readinto", None)
+        if into is None:                       # a stream without readinto (some fsspec files)
+            data = self.f.read(len(b))
+            b[:len(data)] = data
+            n = len(data)
+        else:
+            n = into(b) or 0                   # straight into the caller's buffer: no extra copy
+        self.sha.update(memoryview(b)[:n])
+        self.n += n
+        return n
 
     def drain(self) -> str:
         """Read (and hash) whatever follows the tar's end; returns the hex digest of the whole stream."""
