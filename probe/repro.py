@@ -411,8 +411,8 @@ def collect(cfg: ReproConfig, plan, labels_from: str) -> dict[str, list[float | 
 
 # Options worth naming beside each method's row (those its log records; the full config is in the log).
 NOTABLE = {"rotnet": ("crop", "crop_mode", "fc_dropout", "variant"), "monogan": ("g_width", "n_critic", "variant"),
-           "supervised": ("milestones", "lr"), "simclr": ("size", "temperature", "proj_hidden"),
-           "dino": ("size", "local_crops", "out_dim", "hidden", "bottleneck")}
+           "supervised": ("milestones", "lr"), "simclr": ("temperature", "proj_hidden"),
+           "dino": ("local_crops", "out_dim", "hidden", "bottleneck")}
 
 
 def training_table(runs: list[tuple[str, str]], probes: dict[str, dict | None]) -> str:
