@@ -144,12 +144,14 @@ def step(cfg: ReproConfig, name: str, argv: list[str], progress: str) -> dict:
     click.echo(f"{progress} {name}: {' '.join(argv)}", err=True)
     # the subprocess gets an absolute image folder; the records keep the paths as given
     env = os.environ | {"SOURCE_IMAGE_DIR": os.path.abspath(cfg.images), "PYTHONUNBUFFERED": "1"}
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()[0]
     proc = subprocess.run([sys.executable, "-m", *argv], env=env)
     if proc.returncode != 0:
         raise click.ClickException(f"step {name!r} failed (exit {proc.returncode}); fix the error above and "
                                    f"re-run: finished steps are skipped")
-    rec = {"name": name, "argv": argv, "seconds": time.time() - t0, "commit": git_rev()}
+    # the machine's load beside the time: a time budget on a shared machine buys fewer steps
+    rec = {"name": name, "argv": argv, "seconds": time.time() - t0, "commit": git_rev(),
+           "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     with open(marker + ".partial", "w") as f:
         json.dump(rec, f)
@@ -351,7 +353,11 @@ def training_cell(label: str, f: runfacts.TrainFacts | None) -> str:
     if f is None:
         return runfacts.NOT_RECORDED
     unit = " generator" if f.method == "monogan" else ""
-    return f"{f.epochs_done:,} epochs ({f.steps:,}{unit} step{'' if f.steps == 1 else 's'})"
+    return f"{plural(f.epochs_done, 'epoch')} ({plural(f.steps, unit.strip() + ' step' if unit else 'step')})"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def verdict(cfg: ReproConfig, accs: dict[str, list[float | None]], facts: dict) -> str:
@@ -362,15 +368,17 @@ def verdict(cfg: ReproConfig, accs: dict[str, list[float | None]], facts: dict) 
     if not (mono and rand and sup):
         return f"Not all of {mono_label}, {RANDOM} and {SUPERVISED} were measured: no verdict."
     s = facts.get(SUPERVISED)
-    sup_len = f"{s.epochs_done} epochs here" if s else "training length not recorded"
+    sup_len = f"{plural(s.epochs_done, 'epoch')} here" if s else "training length not recorded"
     out = []
     for i, layer in enumerate(LAYERS[:2]):
         above = mono[i] > rand[i]
-        out.append(f"- {layer}: {mono_label} {mono[i]:.1f} vs Random {rand[i]:.1f}: "
+        out.append(f"- {layer}: {mono_label} {mono[i]:.1f} vs Random {rand[i]:.1f} ({mono[i] - rand[i]:+.1f}): "
                    f"{'above, as in the paper' if above else 'NOT above: the paper ordering does not hold here'}; "
                    f"{SUPERVISED} ({sup_len}) {sup[i]:.1f}, {mono_label} {mono[i] - sup[i]:+.1f} points "
                    f"(paper, against its converged baseline: "
                    f"{PAPER_T3['MonoGAN'][i] - PAPER_T3['Fully supervised'][i]:+.1f}).")
+    out.append("- This command trains each row once: how far two seeds of one row land apart is not measured "
+               "here (`--ablation` measures it for MonoGAN), so small differences are not evidence either way.")
     return "\n".join(out)
 
 
@@ -427,8 +435,8 @@ def collect(cfg: ReproConfig, plan, labels_from: str) -> dict[str, list[float | 
 
 # Options worth naming beside each method's row (those its log records; the full config is in the log).
 NOTABLE = {"rotnet": ("crop", "crop_mode", "fc_dropout", "variant"), "monogan": ("g_width", "n_critic", "variant"),
-           "supervised": ("milestones", "lr"), "simclr": ("size", "temperature", "proj_hidden"),
-           "dino": ("size", "local_crops", "out_dim", "hidden", "bottleneck")}
+           "supervised": ("milestones", "lr"), "simclr": ("temperature", "proj_hidden"),
+           "dino": ("local_crops", "out_dim", "hidden", "bottleneck")}
 
 
 def training_table(runs: list[tuple[str, str]], probes: dict[str, dict | None]) -> str:
@@ -479,7 +487,7 @@ def reading(cfg: ReproConfig, accs: dict, facts: dict, probes: dict) -> str:
         out.append(f"- {label}: ours minus the paper's {ref[0]} row, conv1…conv4: {gaps} points, after "
                    f"{training_cell(label, f)} of training here.")
     if SUPERVISED in facts and facts[SUPERVISED]:
-        out.append(f"- The supervised row trained {facts[SUPERVISED].epochs_done} epochs within its budget; the "
+        out.append(f"- The supervised row trained {plural(facts[SUPERVISED].epochs_done, 'epoch')} within its budget; the "
                    f"paper's row is a converged baseline, so its gap above compares those epochs with a "
                    f"converged run, not two runs of one recipe.")
     return "\n".join(out) + "\n"
@@ -588,10 +596,13 @@ def write_results(cfg: ReproConfig, main_rows, abl_rows, records: dict[str, dict
     parts += ablation_section(cfg, main_rows, abl_rows) if abl_rows else [
         "## Table 1 (augmentation ablation)\n", "Not run by this command; `--ablation` adds it.\n"]
     total = sum(r["seconds"] for r in records.values())
-    parts += ["## Time\n", "| step | seconds | commit |\n|---|---:|---|\n"
-              + "".join(f"| {k} | {r['seconds']:.0f} | {r.get('commit', 'not recorded')} |\n"
+    parts += ["## Time\n", "load: the machine's 1-minute load average when the step started and when it ended "
+              "(its core count is in the first line; a time budget buys fewer steps on a loaded machine).\n",
+              "| step | seconds | commit | load |\n|---|---:|---|---|\n"
+              + "".join(f"| {k} | {r['seconds']:.0f} | {r.get('commit', 'not recorded')} | "
+                        f"{' → '.join(str(v) for v in r['load']) if 'load' in r else 'not recorded'} |\n"
                         for k, r in records.items())
-              + f"| **total** | **{total:.0f}** ({total / 60:.1f} min) | |\n",
+              + f"| **total** | **{total:.0f}** ({total / 60:.1f} min) | | |\n",
               "## Configuration\n", "```json\n" + json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n```\n"]
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     with open(cfg.out, "w") as f:
