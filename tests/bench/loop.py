@@ -73,7 +73,7 @@ def _rates(method, run, batch, steps: int, repeats: int) -> tuple[float, float]:
 
 def run(quick: bool) -> str:
     steps, repeats = (2, 1) if quick else (10, 2)
-    rows = []
+    rows, load0 = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for module, label, kw, size in CASES:
             method, r, batch = _build(module, kw, tmp, size)
@@ -85,6 +85,7 @@ def run(quick: bool) -> str:
     return "\n".join([
         "## The shared training loop against a bare loop\n",
         f"Batches per second (a batch: one `step` call), the same batch from memory, {steps} steps per run, "
-        f"best of {repeats}, CPU, default threads. Overhead = 1 - loop / bare; goal < 5%. Negative values are "
-        f"run-to-run noise.\n",
+        f"best of {repeats}, CPU, default threads, load average {load0:.1f} before and {os.getloadavg()[0]:.1f} after "
+        f"on {os.cpu_count()} cores. Overhead = 1 - loop / bare; goal < 5%. Negative values are run-to-run noise "
+        f"(a loaded machine moves whole rows).\n",
         "| method | bare loop | shared loop | overhead |", "|---|---|---|---|", *rows, ""])
