@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from augment import share
 from augment.__main__ import cli
 from augment.manifest import MANIFEST, read_manifest
+from tests.pictures import one_line_error
 from tests.toyset import make_toy_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,16 +100,6 @@ def served(tmp_path):
 
 def fetch(url: str, out, *args: str):
     return CliRunner().invoke(cli, ["fetch", url, str(out), "--quiet", *args])
-
-
-def one_line_error(result) -> str:
-    """The CLI failed cleanly: non-zero exit, no traceback, a single 'Error:' line."""
-    assert result.exit_code != 0
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
-        result.exception
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def shard_files(folder) -> list[str]:
