@@ -53,10 +53,10 @@ class FinetuneConfig:
     supervised: str = ""                            # Table 4's Full sup. conv1-2; "": repro's
     random: str = ""                                # Table 4's Random conv1-2; "": repro's
     retrain_steps: int = 800                        # Table 4, per row (0: the time cap alone)
-    retrain_seconds: float = 180.0                  # Table 4 time cap per conv1-2 row
-    scattering_seconds: float = 600.0               # Table 4 time cap of the Scattering row (slower steps)
+    retrain_seconds: float = 150.0                  # Table 4 time cap per conv1-2 row
+    scattering_seconds: float = 540.0               # Table 4 time cap of the Scattering row (slower steps)
     finetune_steps: int = 800                       # Table 5, per row
-    finetune_seconds: float = 180.0
+    finetune_seconds: float = 150.0
     probe_epochs: int = 12
     probe_jobs: int = 2
     schedule: str = "paper"
@@ -68,9 +68,9 @@ class FinetuneConfig:
     figures: bool = True
     content: str = "ameyoko.jpg"                    # Fig. 3 content (Image A), in --images or a path
     style: str = "animals.png"                      # Fig. 3 style (Image B)
-    style_steps: int = 200
-    style_size: int = 192
-    maximize_steps: int = 256
+    style_steps: int = 150
+    style_size: int = 160
+    maximize_steps: int = 128
     maximize_size: int = 64
     device: str = "cpu"
 
@@ -111,6 +111,13 @@ def repro_config(cfg: FinetuneConfig) -> ReproConfig:
     return ReproConfig(images=cfg.images, cifar=cfg.cifar, work=cfg.work, probe_epochs=cfg.probe_epochs,
                        probe_jobs=cfg.probe_jobs, schedule=cfg.schedule, batch_size=cfg.batch_size,
                        workers=cfg.workers, seed=cfg.seed, device=cfg.device)
+
+
+def from_repro(rcfg: ReproConfig, **overrides) -> FinetuneConfig:
+    """The config for probe.repro to run this pipeline on its own work folder, data and device."""
+    return FinetuneConfig(**({"images": rcfg.images, "cifar": rcfg.cifar, "work": rcfg.work, "seed": rcfg.seed,
+                              "workers": rcfg.workers, "device": rcfg.device, "probe_jobs": rcfg.probe_jobs,
+                              "batch_size": rcfg.batch_size} | overrides))
 
 
 def ft_dir(cfg: FinetuneConfig, *parts: str) -> str:
@@ -467,8 +474,10 @@ def _f(v: float | None, fmt: str = ".1f") -> str:
 def row_name(m: Measured) -> str:
     r = m.row
     if r.source is None:
-        what = ("fixed Morlet scattering, J = 2, L = 8, and a learned 1×1 adapter" if r.table == "4"
-                else "random (trained from scratch)")
+        from train.scattering import J_DEFAULT, L_DEFAULT
+
+        what = (f"fixed Morlet scattering, J = {J_DEFAULT}, L = {L_DEFAULT}, and a learned 1×1 adapter"
+                if r.table == "4" else "random (trained from scratch)")
     else:
         what = (r.source.trained_on if r.table == "4" else "conv1–2 random" if r.source.kind == "control"
                 else f"conv1–2 from {r.source.trained_on}")
@@ -595,7 +604,7 @@ def protocol4(m4: list[Measured]) -> str:
     evals = [m.result for m in m4 if m.result]
     return (f"Each row runs `train.supervised` on the labels of `{os.path.basename(c('data').rstrip('/'))}` "
             f"({distinct([r['train'] for r in runs])} training images, {distinct([r['classes'] for r in runs])} "
-            f"classes): small encoder, batch {c('batch_size')}, SGD lr {c('lr')}, momentum {c('momentum')}, weight "
+            f"classes): {distinct([r['spec'].get('arch') for r in runs])} encoder, batch {c('batch_size')}, SGD lr {c('lr')}, momentum {c('momentum')}, weight "
             f"decay {c('weight_decay')}, seed {c('seed')}, for {c('max_steps')} steps or {caps} min of training, "
             f"whichever comes first. conv1–2 come from the row's checkpoint (`--init-layers "
             f"{blocks('init_layers')}`) and stay frozen (`--freeze {blocks('freeze')}`; '–': the "
@@ -757,7 +766,7 @@ def write_results(cfg: FinetuneConfig, plan: Plan, records: dict[str, dict]) -> 
         f"Written by `make repro-finetune-cpu` (`python -m probe.finetune`) at commit `{git_rev()}` on {machine()}, "
         f"{time.strftime('%Y-%m-%d')}; the commit that ran each step is in the Time table. Every number and "
         f"protocol fact below is read from what the runs recorded. Choices: `docs/finetune.md`.\n",
-        "## Table 4 layout: conv1–2 frozen, the rest retrained (CIFAR-10 top-1)\n",
+        "## Table 4 layout: conv1–2 frozen, the rest retrained (top-1 of the retrained network)\n",
         table4_md(m4), protocol4(m4), "### Reading\n", reading4(m4),
         "## Table 5 layout: conv1–2 from a single-image model, everything fine-tuned, then linear probes\n",
         table5_md(m5), protocol5(m5), "### Reading\n", reading5(m5, spread),

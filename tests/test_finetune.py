@@ -112,6 +112,17 @@ def test_plan_fine_tunes_everything_for_table5_and_probes_every_layer(toy, tmp_p
     assert not any(n.startswith("fig") for n, _ in lean.steps) and len(lean.table5) == 3
 
 
+def test_repro_runs_it_in_its_own_work_folder_in_one_line(toy, tmp_path):
+    rcfg = repro.ReproConfig(images=toy["images"], cifar=toy["cifar"], work=str(tmp_path / "w"), seed=3, workers=0)
+    cfg = ft.from_repro(rcfg, out=str(tmp_path / "r.md"), checkpoints=(("RotNet", toy["rot"]),),
+                        supervised=toy["sup"], random=toy["random"], content="content.png", style="style.png")
+    assert (cfg.work, cfg.cifar, cfg.seed, cfg.workers) == (rcfg.work, rcfg.cifar, 3, 0)
+    plan = ft.prepare_plan(cfg)[0]
+    assert all(opt(argv, "--seed") in (None, "3", "4") for _, argv in plan.steps)
+    assert repro._done_path(rcfg, "table4 retrain RotNet") == repro._done_path(ft.repro_config(cfg),
+                                                                                "table4 retrain RotNet")
+
+
 def test_fig5_units_are_a_seeded_draw():
     assert ft.fig5_units(256, 0, 1) == ft.fig5_units(256, 0, 1)
     assert ft.fig5_units(256, 0, 1) != ft.fig5_units(256, 1, 1)
@@ -283,7 +294,7 @@ def test_toy_end_to_end_writes_both_tables_and_the_figures_and_resumes(toy, tmp_
         row = next(line for line in t4.splitlines() if line.startswith(f"| **{label}**:"))
         assert 0 <= float(row.split("|")[3]) <= 100, row
     assert "for 6 of 7 rows it also checked that conv1–2 are bit-identical" in t4
-    assert "for 2 steps or 3 / 10 min of training" in t4       # read from the runs' log headers
+    assert "for 2 steps or 2.5 / 9 min of training" in t4       # read from the runs' log headers
     for label in ("Full sup.", "MonoGAN", "RotNet"):
         row = next(line for line in t5.splitlines() if line.startswith(f"| **{label}**"))
         ours = [c.strip() for c in row.strip("|").split("|")[1::2]]
