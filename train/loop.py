@@ -196,8 +196,9 @@ def check_resume(run: Run, method: Method, objects: dict[str, Any], state: Resum
     refused = {k: v for k, v in rest.items() if k not in applied}
     if refused:
         said = ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in refused.items())
-        raise click.ClickException(f"--resume: {said} cannot change in the middle of a {method.name} run; drop "
-                                   f"it to continue with the checkpoint's value, or start a new run in another --out")
+        back = " ".join(f"--{k.replace('_', '-')} {a}" for k, (a, b) in refused.items())
+        raise click.ClickException(f"--resume: {said} cannot change in the middle of a {method.name} run; give the "
+                                   f"checkpoint's value ({back}) to continue, or start a new run in another --out")
     if changes:
         run.log({"event": "changed_on_resume", "applied": {k: list(v) for k, v in changes.items()}})
         run.echo(f"resume: applying {', '.join(sorted(changes))} from step {run.step} (recorded in the log)")

@@ -63,10 +63,10 @@ class MonoGAN(NoiseState, Method):
         per_epoch = m.count // self.cfg.batch_size
         if per_epoch < 1:
             return  # the loader names this case
-        if per_epoch * self.cfg.epochs < self.cfg.n_critic:
-            raise click.ClickException(f"--n-critic {self.cfg.n_critic}: the run has only {per_epoch * self.cfg.epochs} "
-                                       f"batches, so no generator step would be made; lower --n-critic or "
-                                       f"--batch-size, or raise --epochs")
+        if per_epoch < self.cfg.n_critic:   # the critic-step cycle restarts with every epoch
+            raise click.ClickException(f"--n-critic {self.cfg.n_critic}: an epoch has only {per_epoch} batches, so no "
+                                       f"generator step would be made; lower --n-critic or --batch-size, or render "
+                                       f"a larger set")
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
