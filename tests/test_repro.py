@@ -1,6 +1,7 @@
 """The reproduction pipeline (`make repro-cpu`) end to end at a toy budget."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -35,8 +36,8 @@ def test_toy_pipeline_writes_results_and_resumes(tmp_path):
     src, cifar = toy_source(tmp_path), tiny_cifar(str(tmp_path / "cifar"))
     out = tmp_path / "results.md"
     args = ["--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
-            "--out", str(out), "--count", "32", "--batch-size", "8", "--train-minutes", "0.001",
-            "--probe-epochs", "1", "--workers", "0", "--no-rotnet"]
+            "--out", str(out), "--count", "48", "--batch-size", "8", "--train-minutes", "0.001",
+            "--probe-epochs", "1", "--workers", "0", "--no-rotnet"]   # 6 batches: one generator step per epoch
     r = CliRunner().invoke(repro.cli, args)
     assert r.exit_code == 0, r.output
     text = out.read_text()
@@ -50,13 +51,13 @@ def test_toy_pipeline_writes_results_and_resumes(tmp_path):
     mono = next(line for line in text.splitlines() if line.startswith("| MonoGAN (src.png) |"))
     assert mono.count("| – |") == 4 and "no row for this setting" in mono
     sup = next(line for line in text.splitlines() if line.startswith(f"| {repro.SUPERVISED} |"))
-    assert "epochs (" in sup and "66.5" in sup and "converged" in sup
+    assert re.search(r"\d+ epochs? \(\d+ steps\)", sup) and "66.5" in sup and "converged" in sup
     assert "Does the paper's ordering hold?" in text and "MonoGAN" in text.split("ordering hold?")[1]
     # protocol facts come from the runs: the probe's epochs and counts, the training budget as logged
     probes = text.split("## The probes")[1].split("##")[0]
     assert "| 1 |" in probes and "24 / 12" in probes
     trained = text.split("## What each row trained")[1].split("##")[0]
-    assert "0.06 s" in trained and "train.monogan" in trained and "32 patches of S = 32" in trained
+    assert "0.06 s" in trained and "train.monogan" in trained and "48 patches of S = 32" in trained
     assert (tmp_path / "results.png").stat().st_size > 1000
     # resumable: a second run skips every finished step and rewrites the same table
     done = sorted(os.listdir(tmp_path / "w" / "done"))
@@ -148,7 +149,7 @@ def test_toy_ablation_adds_table1_to_the_same_results(tmp_path):
     out = tmp_path / "results.md"
     r = CliRunner().invoke(repro.cli, [
         "--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
-        "--out", str(out), "--count", "32", "--batch-size", "8", "--train-minutes", "0.001",
+        "--out", str(out), "--count", "48", "--batch-size", "8", "--train-minutes", "0.001",
         "--ablation-minutes", "0.001", "--probe-epochs", "1", "--workers", "0", "--no-rotnet", "--ablation"])
     assert r.exit_code == 0, r.output
     text = out.read_text()
@@ -228,7 +229,7 @@ def test_toy_pipeline_with_simclr_and_dino_rows(tmp_path):
     out = tmp_path / "results.md"
     r = CliRunner().invoke(repro.cli, [
         "--images", str(tmp_path), "--image", str(src), "--cifar", cifar, "--work", str(tmp_path / "w"),
-        "--out", str(out), "--count", "32", "--batch-size", "8", "--train-minutes", "0.001",
+        "--out", str(out), "--count", "48", "--batch-size", "8", "--train-minutes", "0.001",
         "--probe-epochs", "1", "--workers", "0", "--no-rotnet", "--methods", "simclr,dino"])
     assert r.exit_code == 0, r.output
     text = out.read_text()
