@@ -29,6 +29,7 @@ import click
 from augment.files import describe_os_error, pid_alive
 
 LOCK_NAME = "lock"
+RECORD_WAIT_TRIES = 20     # x 50 ms: how long a busy lock's record may take to be written
 # flock is missing on some network and FUSE filesystems: these errors mean "no locks here", not "busy".
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
@@ -98,6 +99,12 @@ def _acquire(path: str) -> tuple[int, Holder | None] | Holder | None:
         if got is None:
             got = not _held_by_record(previous)
         if not got:
+            # The holder writes its record right after it locks: give it a moment to appear.
+            for _ in range(RECORD_WAIT_TRIES):
+                if previous is not None:
+                    break
+                time.sleep(0.05)
+                previous = read_holder(path)
             os.close(fd)
             return previous
         # A holder may have removed the file between our open and our flock: then we locked a file
