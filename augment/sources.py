@@ -15,7 +15,7 @@ import click
 import numpy as np
 from PIL import Image, ImageOps
 
-from augment.files import atomic_path, bytes_digest, file_digest
+from augment.files import atomic_path, bytes_digest, file_digest, user_cache_dir
 from augment.geometry import Pyramid
 
 # The paper's images (ICLR 2020 naming; the later repository swaps A and B, see ../shared/data/README.md).
@@ -70,8 +70,7 @@ def pyramid_bytes(width: int, height: int) -> int:
 
 def cache_dir() -> str:
     """User cache of downloaded named images (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "single-image-ssl", "images")
+    return user_cache_dir("images")
 
 
 def download(url: str, dest: str) -> None:

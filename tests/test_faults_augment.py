@@ -25,6 +25,7 @@ from augment.manifest import MANIFEST, read_manifest, write_manifest
 from augment.render import Recipe, RenderConfig, render
 from augment.shards import sample_key, write_shard
 from augment.sources import SourceCache, load_all
+from tests.faults import LimitedFile
 from tests.toyset import make_toy_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -341,32 +342,10 @@ def test_an_empty_shard_location_says_so(tmp_path):
 # --------------------------------------------------------------------------- full disk, unwritable outputs
 
 
-class FullDisk:
-    """A file that takes ``room`` bytes, then fails like a full disk."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, b):
-        if len(b) > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(b)
-        return self.f.write(b)
-
-    def __getattr__(self, k):
-        return getattr(self.f, k)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def fill_disk(monkeypatch, room=100):
     """Every temporary file of augment.files.atomic_write gets ``room`` bytes before ENOSPC."""
     real_open = open
-    monkeypatch.setattr(files, "open", lambda p, mode="r", *a, **k: FullDisk(real_open(p, mode, *a, **k), room)
+    monkeypatch.setattr(files, "open", lambda p, mode="r", *a, **k: LimitedFile(real_open(p, mode, *a, **k), room)
                         if files.TMP_MARK in str(p) and "w" in mode else real_open(p, mode, *a, **k), raising=False)
 
 

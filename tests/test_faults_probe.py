@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.faults import LimitedFile
 from probe import cache as fcache
 from probe import figures, table
 from probe.linear import RESULT, ProbeConfig, main
@@ -205,30 +206,7 @@ class FullDisk:
 
     def __call__(self, path, mode="r", *a, **kw):
         f = builtins.open(path, mode, *a, **kw)
-        return f if "w" not in mode and "a" not in mode else _Limited(f, self)
-
-
-class _Limited:
-    def __init__(self, f, disk):
-        self._f, self._disk = f, disk
-
-    def write(self, data):
-        n = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
-        if n > self._disk.left:
-            self._f.write(data[:self._disk.left])  # the kernel writes what fits, then refuses
-            self._disk.left = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._disk.left -= n
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self._f.__exit__(*exc)
+        return f if "w" not in mode and "a" not in mode else LimitedFile(f, partial=True, budget=self)
 
 
 def test_full_disk_during_the_cache_keeps_good_files_and_leaves_no_partial(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from augment import share
 from augment.__main__ import cli
 from augment.manifest import MANIFEST, read_manifest
+from tests.faults import LimitedFile
 from tests.pictures import one_line_error
 from tests.toyset import make_toy_set
 
@@ -221,30 +222,9 @@ def test_full_disk_is_one_line_and_resumable(served, tmp_path, monkeypatch):
     src, server = served
     real_open = open
 
-    class FullDisk:
-        """A file that accepts 1000 bytes, then fails like a full disk."""
-
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, b):
-            if self.n + len(b) > 1000:
-                raise OSError(28, "No space left on device")
-            self.n += len(b)
-            return self.f.write(b)
-
-        def __getattr__(self, k):
-            return getattr(self.f, k)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
     def fake_open(path, mode="r", *a, **kw):
         f = real_open(path, mode, *a, **kw)
-        return FullDisk(f) if str(path).endswith(".partial") and "b" in mode else f
+        return LimitedFile(f, 1000) if str(path).endswith(".partial") and "b" in mode else f
 
     monkeypatch.setattr(share, "open", fake_open, raising=False)
     out = tmp_path / "out"
