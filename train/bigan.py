@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.manifest import read_manifest
 from train.config import CommonConfig, command, option
 from train.gan_nets import (BiGANEncoder, JointDiscriminator, NoiseState, UpGenerator, fixed_noise, pair_grid,
                             save_grid, training_noise)
@@ -141,11 +140,11 @@ class BiGAN(NoiseState, Method):
 
     def check(self) -> None:
         super().check()
-        check_options(self.cfg, read_manifest(self.cfg.shards).size)  # before Run: no run folder on a bad set
+        check_options(self.cfg, self.manifest().size)  # before Run: no run folder on a bad set
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
-        self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
+        self.loader = make_loader(self.manifest(), batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, transform=random_crop_flip(cfg.crop), rank=run.dist.rank,
                                   world_size=run.dist.world_size, pin_memory=run.device.type == "cuda",
                                   verify_stream=cfg.verify_stream)

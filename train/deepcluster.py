@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from augment.manifest import read_manifest
 from train import cluster
 from train.classifier import cross_entropy_step
 from train.config import CommonConfig, command, option
@@ -125,14 +124,14 @@ class DeepCluster(Method):
     def check(self) -> None:
         """Fail fast on what would stop the run later (missing shards, too few samples for k or the PCA)."""
         super().check()
-        m = read_manifest(self.cfg.shards)
+        m = self.manifest()
         check_local_shards(m)
         cluster.check_sizes(m.count, self.cfg.k, self.cfg.pca_dim, m.root)
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
         check_saved_features(run.saved, cfg)
-        self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
+        self.loader = make_loader(self.manifest(), batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, transform=random_resized_crop_flip(cfg.crop), rank=run.dist.rank,
                                   world_size=run.dist.world_size, shuffle_buffer=cfg.shuffle_buffer,
                                   pin_memory=run.device.type == "cuda", verify_stream=cfg.verify_stream)

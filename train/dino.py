@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.manifest import read_manifest
 from train.classifier import ARCH_CHOICES, DEFAULT_INPUT
 from train.config import CommonConfig, command, option
 from train.loader import make_loader, prepare
@@ -100,7 +99,7 @@ class DINO(Method):
         glob = ViewSpec(g, scale=(0.4, 1.0), blur_p=1.0)
         views = (glob, ViewSpec(g, scale=(0.4, 1.0), blur_p=0.1, solarize_p=0.2),
                  *[ViewSpec(max(8, round(g * 96 / 224)), scale=(0.05, 0.4), blur_p=0.5)] * cfg.local_crops)
-        self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
+        self.loader = make_loader(self.manifest(), batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, transform=MultiView(views), rank=run.dist.rank,
                                   world_size=run.dist.world_size, pin_memory=run.device.type == "cuda",
                                   verify_stream=cfg.verify_stream)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import click
 
+from augment.manifest import Manifest, read_manifest
 from train.run import ResumeState, Run
 
 
@@ -71,6 +72,12 @@ class Method:
             if not getattr(self.cfg, opt):
                 raise click.ClickException(f"--{opt.replace('_', '-')} is missing: give "
                                            f"{'a shard set folder (python -m augment render)' if opt == 'shards' else 'it'}")
+
+    def manifest(self) -> Manifest:
+        """The ``--shards`` set's manifest, read once (``check`` and ``build`` both need it)."""
+        if getattr(self, "_manifest_of", None) != self.cfg.shards:
+            self._manifest, self._manifest_of = read_manifest(self.cfg.shards), self.cfg.shards
+        return self._manifest
 
     def build(self, run: Run) -> dict[str, Any]:
         raise NotImplementedError

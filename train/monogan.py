@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import click
 import torch
 
-from augment.manifest import read_manifest
 from train.config import CommonConfig, command, option
 from train.gan_nets import (CRITIC_NORMS, Critic, NoiseState, UpGenerator, fixed_noise, interpolate, penalty_terms,
                             save_grid, training_noise)
@@ -59,7 +58,7 @@ class MonoGAN(NoiseState, Method):
 
     def check(self) -> None:
         super().check()
-        m = read_manifest(self.cfg.shards)  # before Run, so a wrong set leaves no run folder behind
+        m = self.manifest()  # before Run, so a wrong set leaves no run folder behind
         per_epoch = m.count // self.cfg.batch_size
         if per_epoch < 1:
             return  # the loader names this case
@@ -70,7 +69,7 @@ class MonoGAN(NoiseState, Method):
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
-        self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
+        self.loader = make_loader(self.manifest(), batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, rank=run.dist.rank, world_size=run.dist.world_size,
                                   sizes=(IMAGE_SIZE,), pin_memory=run.device.type == "cuda",
                                   verify_stream=cfg.verify_stream)

@@ -20,7 +20,6 @@ from typing import ClassVar
 import click
 import torch
 
-from augment.manifest import read_manifest
 from train.classifier import ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cross_entropy_step, score, sgd
 from train.config import CommonConfig, command, option
 from train.loader import center_crop, make_loader, prepare, random_crop_flip, random_resized_crop_flip, with_transform
@@ -78,7 +77,7 @@ class RotNet(Method):
         crops accept only the set size they were designed for (224 of 256, 32 of 32); an explicit ``--crop``
         any set at least that large."""
         cfg, size = self.cfg, self.cfg.input_size
-        m = read_manifest(cfg.shards)
+        m = self.manifest()
         if cfg.crop and m.size < size:
             raise click.ClickException(f"{m.root}: patches are {m.size} pixels, smaller than --crop {size}; "
                                        f"lower --crop or render with a larger --size")

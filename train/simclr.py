@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.manifest import read_manifest
 from train.classifier import ARCH_CHOICES, DEFAULT_INPUT
 from train.config import CommonConfig, command, option
 from train.loader import make_loader, prepare
@@ -82,7 +81,7 @@ class SimCLR(Method):
         cfg, s = self.cfg, self.cfg.strength
         view = ViewSpec(cfg.input_size, scale=(0.08, 1.0), jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
                         jitter_p=0.8, grey_p=0.2, blur_p=cfg.blur_p)
-        self.loader = make_loader(read_manifest(cfg.shards), batch_size=cfg.batch_size, workers=cfg.workers,
+        self.loader = make_loader(self.manifest(), batch_size=cfg.batch_size, workers=cfg.workers,
                                   seed=cfg.seed, transform=MultiView((view, view)), rank=run.dist.rank,
                                   world_size=run.dist.world_size, pin_memory=run.device.type == "cuda",
                                   verify_stream=cfg.verify_stream)
