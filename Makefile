@@ -48,8 +48,9 @@ test:
 test-slow:
 	$(PY) -m pytest -q -m slow
 
+# make bench [ONLY="render loop"]: every section, or only these (spliced into the existing page)
 bench:
-	$(PY) -m tests.bench.run --out docs/benchmarks.md
+	$(PY) -m tests.bench.run --out docs/benchmarks.md $(foreach s,$(ONLY),--only $(s))
 
 # Every GPU path measured in at most 8 minutes on one GPU (docs/benchmarks-gpu.md); without a GPU, a CPU check.
 gpu-check:

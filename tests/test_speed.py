@@ -207,3 +207,24 @@ def test_repro_gpu_options_reach_every_command_and_default_argv_is_unchanged(tmp
             assert argv[argv.index("--amp") + 1] == "on", name
         assert ("--channels-last" in argv) == name.startswith("train"), name
     assert plan["pack CIFAR-10 train"][:2] == ["augment", "pack"]
+
+
+def test_render_stage_breakdown_runs_and_its_same_bytes_claims_hold(tmp_path):
+    """`make bench`'s render breakdown on a small synthetic source: every stage is timed, the 3-channel
+    alternative reproduces the renderer's bytes and nearest-neighbour does not (the table says which)."""
+    import cv2
+    import numpy as np
+
+    from augment.sources import load
+    from tests.bench.render import stages
+
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "src.png")
+    cv2.imwrite(path, rng.integers(0, 256, (700, 900, 3), dtype=np.uint8))
+    lines = stages(load("src.png", path), n=12, reps=1, floor=4000.0)
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines if ln.startswith("| ")}
+    assert "+ JPEG q95 encode" in rows and "+ bilinear warp, 4 channels (`cv2.warpAffine`)" in rows
+    assert rows["3-channel levels and warp (no RGBA -> RGB)"].endswith("| yes |")
+    assert rows["warp reading the level in place (no region copy)"].endswith("| yes |")
+    assert rows["nearest-neighbour warp (not the paper's resampling)"].endswith("| no |")
+    assert any(ln.startswith("Ceiling:") for ln in lines)

@@ -2,6 +2,7 @@
 floor of 256 x 256 crops of the same image (same run), 1 vs 2 workers, peak RSS at two values of D."""
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -13,6 +14,8 @@ import time
 import cv2
 import numpy as np
 
+from augment.color import apply_bgr, bgr_matrix
+from augment.geometry import _affine
 from augment.render import Recipe, RenderConfig, Renderer, encode, render
 from augment.sources import Source, load
 
@@ -71,6 +74,110 @@ def paired(src: Source, size: int, fmt: str, n: int, repeats: int) -> tuple[floa
         for k, f in enumerate(rounds):
             best[k] = min(best[k], f())
     return 1 / best[0], 1 / best[1]
+
+
+def _in_situ(src: Source, size: int, n: int):
+    """The shard path's (crop, jitter, region, level) for ``n`` samples at S = ``size``, and the pyramid."""
+    r = Renderer(Recipe(count=10 ** 9, size=size, image_format="jpg"), [src])
+    pyr = r.pyramids[0]
+    return r, pyr, [(c, j) for _, j, c in r.params(0, n)]
+
+
+def _region(pyr, crop, size: int):
+    """(region copy, 2 x 3 map into it) as ``Pyramid._resample`` cuts them (bilinear reach)."""
+    k = pyr.choose(crop, size)
+    sx, sy = pyr.scales[k]
+    a00, a01, a02, a10, a11, a12 = _affine(crop, size, sx, sy)
+    a02, a12 = a02 - 0.5, a12 - 0.5
+    xs = [a02 - 0.5 * (a00 + a01) + a00 * u + a01 * v for u in (0, size) for v in (0, size)]
+    ys = [a12 - 0.5 * (a10 + a11) + a10 * u + a11 * v for u in (0, size) for v in (0, size)]
+    lv = pyr.levels[k]
+    x0, y0 = max(math.floor(min(xs)) - 1, 0), max(math.floor(min(ys)) - 1, 0)
+    x1, y1 = min(math.ceil(max(xs)) + 2, lv.shape[1]), min(math.ceil(max(ys)) + 2, lv.shape[0])
+    return lv[y0:y1, x0:x1], np.array([[a00, a01, a02 - x0], [a10, a11, a12 - y0]])
+
+
+def stages(src: Source, n: int, reps: int, floor: float) -> list[str]:
+    """Markdown: CPU µs per patch of the S = 256 shard path built up one stage at a time (each row runs
+    every stage above it, in situ, so caches behave as in a render), and of the alternatives tried."""
+    cv2.setNumThreads(1)
+    r, pyr, items = _in_situ(src, 256, n)
+    cuts = [_region(pyr, c, 256) for c, _ in items]
+    flags, B = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE
+    scratch = np.empty(max(v.size for v, _ in cuts), np.uint8)
+
+    def copy(view):  # into one reused buffer, as the renderer does (a fresh array per patch page-faults)
+        roi = scratch[:view.size].reshape(view.shape)
+        np.copyto(roi, view)
+        return roi
+
+    def warp(i, interp=flags):
+        view, m = cuts[i]
+        return cv2.warpAffine(copy(view), m, (256, 256), flags=interp, borderMode=B)
+
+    def rgb(i):
+        return cv2.cvtColor(warp(i), cv2.COLOR_RGBA2RGB)
+
+    def jittered(i):
+        x = rgb(i)
+        return cv2.transform(x, bgr_matrix(items[i][1], cv2.mean(x)))
+
+    chain = [("region copy (4 channels)", lambda i: copy(cuts[i][0])),
+             ("+ bilinear warp, 4 channels (`cv2.warpAffine`)", warp),
+             ("+ RGBA -> RGB", rgb),
+             ("+ patch mean", lambda i: cv2.mean(rgb(i))),
+             ("+ colour map, one 3 x 4 transform", jittered),
+             ("+ JPEG q95 encode", lambda i: encode(jittered(i), "jpg", 95))]
+    best = {name: _best_us(fn, n, reps) for name, fn in chain}
+    full = 1e6 * min(render_round(src, 256, "jpg", n)() for _ in range(reps))
+    ref = [apply_bgr(pyr.warp(c, 256)[0], j) for c, j in items[:200]]
+    three = [cv2.cvtColor(lv, cv2.COLOR_RGBA2BGR) for lv in pyr.levels]
+
+    def warp3(i):  # the same warp on 3-channel (BGR) levels: the RGBA -> RGB pass is gone
+        c, j = items[i]
+        view, m = cuts[i]
+        k = pyr.choose(c, 256)
+        y0, x0 = _offset(view, pyr.levels[k])
+        h, w = view.shape[:2]
+        x = cv2.warpAffine(copy(three[k][y0:y0 + h, x0:x0 + w]), m, (256, 256), flags=flags, borderMode=B)
+        b, g, rr, _ = cv2.mean(x)
+        return cv2.transform(x, bgr_matrix(j, (rr, g, b))[:, [2, 1, 0, 3]])
+
+    alts = [("3-channel levels and warp (no RGBA -> RGB)", warp3, True),
+            ("warp reading the level in place (no region copy)",
+             lambda i: cv2.warpAffine(cuts[i][0], cuts[i][1], (256, 256), flags=flags, borderMode=B), False),
+            ("nearest-neighbour warp (not the paper's resampling)", lambda i: warp(i, interp=cv2.INTER_NEAREST
+                                                                                    | cv2.WARP_INVERSE_MAP), False)]
+    rows = [f"| {name} | {us:,.0f} | {us - prev:+,.0f} |" for (name, us), prev in
+            zip(best.items(), [0.0, *best.values()])]
+    out = ["", "Where the S = 256 render's time goes (one core, CPU µs per patch, each row in situ with every "
+           "stage above it; min of the same rounds):", "",
+           "| stages | µs/patch | this stage |", "|---|---:|---:|", *rows,
+           f"| the shard path (`Renderer.render`: + draws, JSON) | {full:,.0f} | {full - best[chain[-1][0]]:+,.0f} |",
+           "", "Alternatives measured (same rounds):", "",
+           "| alternative | µs/patch | replaces | same bytes |", "|---|---:|---:|---|"]
+    for name, fn, jitters in alts:
+        same = all(np.array_equal(fn(i), ref[i] if jitters else warp(i)) for i in range(min(n, 200)))
+        base = best[chain[4][0]] if jitters else best[chain[1][0]]
+        out.append(f"| {name} | {_best_us(fn, n, reps):,.0f} | {base:,.0f} | {'yes' if same else 'no'} |")
+    warp_us, enc_us = best[chain[1][0]], best[chain[5][0]] - best[chain[4][0]]
+    out += ["", f"Ceiling: were every stage but the region copy, the bilinear warp and the encode free, the render "
+            f"would take {warp_us + enc_us:,.0f} µs, {1e6 / floor / (warp_us + enc_us):.2f} of the floor "
+            f"({1e6 / floor:,.0f} µs); the paper's recipe at 0.55 of the floor leaves "
+            f"{1e6 / floor / 0.55 - warp_us - enc_us:,.0f} µs for the rest (measured now: "
+            f"{full - warp_us - enc_us:,.0f} µs)."]
+    return out
+
+
+def _offset(view: np.ndarray, level: np.ndarray) -> tuple[int, int]:
+    """(row, column) of a view's first pixel inside ``level``."""
+    d = view.__array_interface__["data"][0] - level.__array_interface__["data"][0]
+    return d // level.strides[0], (d % level.strides[0]) // level.strides[1]
+
+
+def _best_us(fn, n: int, reps: int) -> float:
+    """Min over ``reps`` rounds of CPU µs per call of ``fn(i)`` for i < n."""
+    return 1e6 * min(cpu_per_item(lambda idx: [fn(i) for i in idx], range(n), 1) for _ in range(reps))
 
 
 def end_to_end(image: str, count: int, workers: int) -> tuple[float, float]:
@@ -136,6 +243,7 @@ def run(quick: bool) -> str:
         f"| 2 workers | {w2:,.0f} | {c2:.2f} | {w2 / w1:.2f} |",
         "", "| D (S = 32, 2 workers) | peak RSS of the largest process (MiB) |", "|---:|---:|",
         *[f"| {x:,} | {r:,.0f} |" for x, r in zip(ds, rss)],
+        *stages(src, n, reps, floor),
         *many_sources(quick),
         f"\nLoad average at the end: {os.getloadavg()[0]:.1f}.", ""])
 

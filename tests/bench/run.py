@@ -77,7 +77,7 @@ def splice(old: str, new_sections: list[str], title: str) -> str:
             else:
                 pieces.append(part.rstrip() + "\n\n")
                 heads.append(head)
-    note = title.strip().replace("Measured by `make bench` on", "Sections re-measured by `make bench --only` on")
+    note = title.strip().replace("Measured by `make bench` on", "Sections re-measured by `make bench ONLY=...` on")
     names = ", ".join(f"`{p.splitlines()[0][3:]}`" for p in new_sections if p.startswith("## "))
     head = [ln for ln in pieces[0].rstrip().splitlines() if not ln.startswith("Sections re-measured")]
     return "\n".join(head).rstrip() + f"\n\n{note.splitlines()[-1]} ({names})\n\n" + "".join(pieces[1:]).rstrip() + "\n"
