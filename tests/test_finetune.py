@@ -253,6 +253,17 @@ def test_table4_reading_is_computed_from_the_numbers():
     near = table4_rows()
     near[4] = measured("4", "MonoGAN", 50.5, ref="Random")
     assert "+0.5 *within noise* vs Random" in ft.reading4(near)
+    assert "Scattering − Full sup.: -8.0 points (paper -10.2)." in text
+    assert "beats supervised conv1–2" in ft.reading4(table4_rows(scattering=62.0))
+
+
+def test_table4_reading_gives_no_random_to_supervised_share_to_a_row_with_its_own_control():
+    rows = table4_rows()
+    rows.insert(3, measured("4", "Random, leaky", 40.0, "random", "random"))
+    rows[5] = measured("4", "MonoGAN", 41.0, ref="Random, leaky")
+    line = next(ln for ln in ft.reading4(rows).splitlines() if ln.startswith("- MonoGAN"))
+    assert "+1.0 vs Random, leaky" in line and "no share of the way" in line and "% of the way" not in line
+    assert "paper BiGAN, A: 52 %" in line
 
 
 def test_table5_layout_and_reading():
