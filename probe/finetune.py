@@ -259,10 +259,12 @@ def write_control(src: Source, seed: int) -> dict:
     from train.random_init import Config as RandomConfig
     from train.run import write_bare_checkpoint
 
-    t0 = time.time()
+    t0, commit = time.time(), git_rev()
     if os.path.isfile(src.path):
-        if load_checkpoint(src.path)["encoder_spec"] != src.spec:
+        ck = load_checkpoint(src.path)
+        if ck["encoder_spec"] != src.spec:
             raise click.ClickException(f"{src.path} holds another network than {network_name(src.spec)}; delete it")
+        commit = str(ck.get("git") or "not recorded")[:7]  # the commit that wrote it, not this re-run's
     else:
         torch.manual_seed(seed)     # as train.random: the encoder's weights depend on the seed alone
         write_bare_checkpoint(src.path, method="random", cfg=RandomConfig(out=os.path.dirname(src.path), seed=seed,
@@ -270,7 +272,7 @@ def write_control(src: Source, seed: int) -> dict:
                               encoder=build_encoder(EncoderSpec.from_dict(src.spec)),
                               extra={"init": "kaiming_normal fan_out", "network": src.spec})
     return {"name": f"init {src.label}", "argv": ["(in process)", json.dumps(src.spec, sort_keys=True)],
-            "seconds": time.time() - t0, "commit": git_rev()}
+            "seconds": time.time() - t0, "commit": commit}
 
 
 # --------------------------------------------------------------------------- the plan

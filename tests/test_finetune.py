@@ -318,3 +318,22 @@ def test_toy_end_to_end_writes_both_tables_and_the_figures_and_resumes(toy, tmp_
     assert r.exit_code == 0 and r.output.count("skipped") == len(done), r.output
     r = CliRunner().invoke(ft.cli, [*args, "--retrain-steps", "3"])
     assert r.exit_code == 1 and "with other arguments" in r.output
+
+
+def test_a_control_encoder_is_written_once_and_keeps_the_commit_that_wrote_it(tmp_path, monkeypatch):
+    spec = EncoderSpec(arch="small", norm="none", act="leaky").to_dict()
+    src = ft.Source("Random, leaky", str(tmp_path / "init" / "checkpoint.pt"), "random", spec, "random", "no training")
+    monkeypatch.setattr(ft, "git_rev", lambda: "aaaaaaa")
+    first = ft.write_control(src, seed=0)
+    with open(src.path, "rb") as f:
+        written = f.read()
+    monkeypatch.setattr(ft, "git_rev", lambda: "bbbbbbb")
+    again = ft.write_control(src, seed=0)
+    with open(src.path, "rb") as f:
+        assert f.read() == written                    # not rewritten
+    from train.checkpoint import load_checkpoint
+    assert again["commit"] == str(load_checkpoint(src.path)["git"] or "not recorded")[:7] != "bbbbbbb"
+    assert first["commit"] == "aaaaaaa"
+    other = ft.Source("x", src.path, "random", dict(spec, norm="bn"), "random", "no training")
+    with pytest.raises(click.ClickException, match="another network"):
+        ft.write_control(other, seed=0)

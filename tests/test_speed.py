@@ -225,6 +225,7 @@ def test_render_stage_breakdown_runs_and_its_same_bytes_claims_hold(tmp_path):
     rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines if ln.startswith("| ")}
     assert "+ JPEG q95 encode" in rows and "+ bilinear warp, 4 channels (`cv2.warpAffine`)" in rows
     assert rows["3-channel levels and warp (no RGBA -> RGB)"].endswith("| yes |")
+    assert rows["output arrays allocated once (`dst=`)"].endswith("| yes |")
     assert rows["warp reading the level in place (no region copy)"].endswith("| yes |")
     assert rows["nearest-neighbour warp (not the paper's resampling)"].endswith("| no |")
     assert any(ln.startswith("Ceiling:") for ln in lines)
