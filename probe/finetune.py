@@ -108,9 +108,11 @@ class Plan:
 
 def repro_config(cfg: FinetuneConfig) -> ReproConfig:
     """The ReproConfig whose step(), cifar_root() and probe_args() this pipeline shares."""
+    # fp32: every command's own --amp. The bf16 check covered MonoGAN's and RotNet's pre-training, not a
+    # retraining from frozen blocks, and the argv stays that of the run behind docs/results-finetune.md.
     return ReproConfig(images=cfg.images, cifar=cfg.cifar, work=cfg.work, probe_epochs=cfg.probe_epochs,
                        probe_jobs=cfg.probe_jobs, schedule=cfg.schedule, batch_size=cfg.batch_size,
-                       workers=cfg.workers, seed=cfg.seed, device=cfg.device)
+                       workers=cfg.workers, seed=cfg.seed, device=cfg.device, amp="default", channels_last=False)
 
 
 def from_repro(rcfg: ReproConfig, **overrides) -> FinetuneConfig:

@@ -34,6 +34,18 @@ class TrainFacts:
     epochs_done: int = 0
     seconds: float = 0.0
     git: str = ""
+    precision: str = NOT_RECORDED
+
+
+def precision_of(head: dict[str, Any]) -> str:
+    """bf16 or fp32, as the run's log header records it. Logs from before ``--amp cuda|on|off`` hold a
+    boolean ``amp``, which then meant bf16 autocast on CUDA only."""
+    if "precision" in head:
+        return str(head["precision"])
+    amp, device = head.get("config", {}).get("amp"), str(head.get("device", ""))
+    if isinstance(amp, bool) and device:
+        return "bf16" if amp and device.startswith("cuda") else "fp32"
+    return NOT_RECORDED
 
 
 def train_facts(run_dir: str) -> TrainFacts | None:
@@ -50,7 +62,8 @@ def train_facts(run_dir: str) -> TrainFacts | None:
     return TrainFacts(method=head.get("method", NOT_RECORDED), config=head.get("config", {}), data=last("data"),
                       manifest_config=_manifest_config(head.get("config", {}).get("shards", "")),
                       steps=int(ck.get("step", 0)), epochs_done=int(ck.get("epochs_done", 0)),
-                      seconds=float(ep.get("train_seconds", 0.0)), git=str(head.get("git", ""))[:7])
+                      seconds=float(ep.get("train_seconds", 0.0)), git=str(head.get("git", ""))[:7],
+                      precision=precision_of(head))
 
 
 def _manifest_config(shards: str) -> dict[str, Any]:
@@ -115,6 +128,8 @@ def probe_protocol(res: dict[str, Any]) -> dict[str, str]:
         "probe BN": "per feature (BatchNorm1d, affine=False)" if bn is True else
                     ("none" if bn is False else str(bn) if bn is not None else NOT_RECORDED),
         "limit_train": str(c.get("limit_train", 0) or "all"),
+        # probes from before --amp recorded none: their backbone pass had no autocast (fp32)
+        "backbone pass": str(r.get("precision") or ("fp32" if c and "amp" not in c else NOT_RECORDED)),
     }
 
 

@@ -209,6 +209,32 @@ def test_repro_gpu_options_reach_every_command_and_default_argv_is_unchanged(tmp
     assert plan["pack CIFAR-10 train"][:2] == ["augment", "pack"]
 
 
+def test_repro_trains_and_probes_in_bf16_by_default_and_finetune_keeps_fp32(tmp_path):
+    from probe import finetune
+    from probe.repro import ReproConfig, main_plan
+
+    plan = dict((n, a) for n, a, _ in main_plan(ReproConfig(images=str(tmp_path), cifar=str(tmp_path),
+                                                              work=str(tmp_path / "w")), "data"))
+    for name, argv in plan.items():
+        if name.startswith(("train", "probe")):
+            assert argv[argv.index("--amp") + 1] == "on", name
+        assert ("--channels-last" in argv) == name.startswith("train"), name
+    rcfg = finetune.repro_config(finetune.FinetuneConfig(work=str(tmp_path / "w")))
+    assert not any("--amp" in a for _, a, _ in main_plan(rcfg, "data"))
+
+
+def test_precision_comes_from_the_log_header_and_old_boolean_amp_meant_cuda_only():
+    from probe.runfacts import precision_of, probe_protocol
+
+    assert precision_of({"precision": "bf16", "config": {"amp": "on"}, "device": "cpu"}) == "bf16"
+    assert precision_of({"config": {"amp": True}, "device": "cpu"}) == "fp32"
+    assert precision_of({"config": {"amp": True}, "device": "cuda:0"}) == "bf16"
+    assert precision_of({"config": {"amp": "on"}}) == "not recorded"
+    assert probe_protocol({"config": {"epochs": 1}, "resolved": {"precision": "bf16"}})["backbone pass"] == "bf16"
+    assert probe_protocol({"config": {"epochs": 1}, "resolved": {}})["backbone pass"] == "fp32"
+    assert probe_protocol({"config": {"amp": "on"}, "resolved": {}})["backbone pass"] == "not recorded"
+
+
 def test_render_stage_breakdown_runs_and_its_same_bytes_claims_hold(tmp_path):
     """`make bench`'s render breakdown on a small synthetic source: every stage is timed, the 3-channel
     alternative reproduces the renderer's bytes and nearest-neighbour does not (the table says which)."""
