@@ -793,8 +793,9 @@ def write_results(cfg: FinetuneConfig, plan: Plan, records: dict[str, dict]) -> 
     write_text_atomic(cfg.out, "\n".join(parts))
 
 
-def prepare_plan(cfg: FinetuneConfig) -> tuple[Plan, list[Source]]:
-    """Check every input (nothing runs before they are known to be good) and lay out the steps."""
+def prepare_plan(cfg: FinetuneConfig, trained_by: ReproConfig | None = None) -> tuple[Plan, list[Source]]:
+    """Check every input (nothing runs before they are known to be good) and lay out the steps; the
+    default checkpoints are those ``trained_by`` (a probe.repro run; else its defaults) trains."""
     if cfg.figures:
         for opt, name in (("--content", cfg.content), ("--style", cfg.style)):
             if not os.path.isfile(image_path(cfg, name)):
@@ -802,7 +803,7 @@ def prepare_plan(cfg: FinetuneConfig) -> tuple[Plan, list[Source]]:
                                            f"path, or --no-figures")
     rcfg = repro_config(cfg)
     data = cifar_root(rcfg)
-    sources = resolve_sources(cfg, rcfg, data)
+    sources = resolve_sources(cfg, trained_by or rcfg, data)
     controls = control_sources(cfg, sources)
     plan = make_plan(cfg, data, sources, controls)
     runs = [r.run for r in plan.table4 + plan.table5]
@@ -811,9 +812,9 @@ def prepare_plan(cfg: FinetuneConfig) -> tuple[Plan, list[Source]]:
     return plan, controls
 
 
-def run_finetune(cfg: FinetuneConfig) -> tuple[list[Measured], list[Measured]]:
+def run_finetune(cfg: FinetuneConfig, trained_by: ReproConfig | None = None) -> tuple[list[Measured], list[Measured]]:
     """Run (or resume) both tables and the figures, and write the results page; returns the rows measured."""
-    plan, controls = prepare_plan(cfg)
+    plan, controls = prepare_plan(cfg, trained_by)
     rcfg = repro_config(cfg)
     records = {f"init {c.label}": write_control(c, cfg.seed) for c in controls}
     for i, (name, argv) in enumerate(plan.steps, 1):

@@ -122,6 +122,8 @@ class ReproConfig:
     channels_last: bool = True
     monogan_steps: int = 0           # if > 0: Table 3's MonoGAN trains this many generator steps
     full_schedules: bool = False     # supervised and RotNet train their own --epochs schedules
+    finetune: bool = False           # then Tables 4 and 5 and Figs. 3 and 5 from these checkpoints (probe.finetune)
+    finetune_out: str = "docs/results-finetune.md"
 
 
 # --------------------------------------------------------------------------- steps
@@ -653,6 +655,11 @@ def run_repro(cfg: ReproConfig) -> dict:
     main_rows = collect(cfg, main_plan(cfg, data), "probe ")
     abl_rows = collect(cfg, ablation_plan(cfg, data), "probe ") if cfg.ablation else {}
     write_results(cfg, main_rows, abl_rows, records)
+    if cfg.finetune:
+        from probe import finetune   # it builds on this module: imported here, not at the top
+
+        finetune.run_finetune(finetune.from_repro(cfg, out=cfg.finetune_out), trained_by=cfg)
+        click.echo(f"wrote {cfg.finetune_out}", err=True)
     return {"main": main_rows, "ablation": abl_rows, "seconds": {k: r["seconds"] for k, r in records.items()}}
 
 
@@ -692,9 +699,14 @@ def run_repro(cfg: ReproConfig) -> dict:
               help="Table 3's MonoGAN trains this many generator steps instead of --train-minutes.")
 @click.option("--full-schedules", is_flag=True,
               help="Supervised and RotNet train their own --epochs schedules instead of --train-minutes.")
+@click.option("--finetune", is_flag=True,
+              help="Then Tables 4 and 5 and Figs. 3 and 5 from this run's checkpoints (probe.finetune's defaults, "
+                   "in the same --work; docs/finetune.md).")
+@click.option("--finetune-out", default=ReproConfig.finetune_out, show_default=True,
+              help="The Tables 4 and 5 page (figures beside it).")
 def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes, ablation_steps, probe_epochs,
         schedule, batch_size, workers, seed, rotnet, methods, ablation, device, amp, channels_last, monogan_steps,
-        full_schedules) -> None:
+        full_schedules, finetune, finetune_out) -> None:
     """Reproduce Table 3 (and with --ablation, Table 1) at reduced scale: render, train, probe, report."""
     if not os.path.isdir(images):
         raise click.ClickException(f"{images}: no such folder; pass IMAGES=folder/with/animals.png")
@@ -707,7 +719,8 @@ def cli(images, image, cifar, work, out, count, train_minutes, ablation_minutes,
                       ablation_steps=ablation_steps,
                       probe_epochs=probe_epochs, schedule=schedule, batch_size=batch_size, workers=workers,
                       seed=seed, rotnet=rotnet, ablation=ablation, device=device, amp=amp,
-                      channels_last=channels_last, monogan_steps=monogan_steps, full_schedules=full_schedules)
+                      channels_last=channels_last, monogan_steps=monogan_steps, full_schedules=full_schedules,
+                      finetune=finetune, finetune_out=finetune_out)
     t0 = time.time()
     rows = run_repro(cfg)
     click.echo(f"wrote {out} ({len(rows['main'])} methods, {len(rows['ablation'])} ablation cells) in "

@@ -337,3 +337,29 @@ def test_a_control_encoder_is_written_once_and_keeps_the_commit_that_wrote_it(tm
     other = ft.Source("x", src.path, "random", dict(spec, norm="bn"), "random", "no training")
     with pytest.raises(click.ClickException, match="another network"):
         ft.write_control(other, seed=0)
+
+
+def test_repro_finetune_takes_the_checkpoints_of_the_repro_run_it_follows(toy, tmp_path, monkeypatch):
+    rcfg = repro.ReproConfig(images=toy["images"], cifar=toy["cifar"], work=str(tmp_path / "w"), rotnet=False,
+                             finetune=True, finetune_out=str(tmp_path / "ft.md"))
+    made = {"train.random": toy["random"], "train.supervised": toy["sup"], "train.monogan": toy["gan"]}
+    for module, runs in ft.repro_checkpoints(rcfg, repro.cifar_root(rcfg)).items():
+        for _, path in runs:   # the toy checkpoints where that run writes its own
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            shutil.copyfile(made[module], path)
+    cfg = ft.from_repro(rcfg, out=rcfg.finetune_out, content="content.png", style="style.png")
+    labels = [r.label for r in ft.prepare_plan(cfg, trained_by=rcfg)[0].table4]
+    assert "MonoGAN (Image B)" in labels and not any("RotNet" in label for label in labels)
+    with pytest.raises(click.ClickException, match="no such checkpoint"):
+        ft.prepare_plan(cfg)   # the default repro run has RotNet rows, which this work folder lacks
+    seen = {}
+    monkeypatch.setattr(repro, "step", lambda *a, **k: {"seconds": 0.0})
+    monkeypatch.setattr(repro, "write_results", lambda *a, **k: None)
+    monkeypatch.setattr(ft, "run_finetune", lambda c, trained_by=None: seen.update(cfg=c, by=trained_by))
+    repro.run_repro(rcfg)
+    assert seen["by"] is rcfg and seen["cfg"].out == rcfg.finetune_out and seen["cfg"].work == rcfg.work
+    r = CliRunner().invoke(repro.cli, ["--images", toy["images"], "--cifar", toy["cifar"], "--work",
+                                       str(tmp_path / "w"), "--out", str(tmp_path / "r.md"), "--no-rotnet",
+                                       "--finetune", "--finetune-out", str(tmp_path / "f2.md")])
+    assert r.exit_code == 0, r.output
+    assert seen["by"].finetune and seen["cfg"].out == str(tmp_path / "f2.md")
