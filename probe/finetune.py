@@ -32,6 +32,7 @@ from augment.seeds import mix
 from probe.paper import TABLE4, TABLE5
 from probe.repro import (ReproConfig, cifar_root, git_rev, layer_accuracies, machine, main_plan, probe_args,
                          slug, step, train_common)
+from probe.runfacts import precision_of
 
 LAYERS5 = ["conv1", "conv2", "conv3", "conv4", "conv5"]     # the paper's Table 5 columns
 BLOCKS = "conv1,conv2"
@@ -451,7 +452,7 @@ def run_facts(run_dir: str) -> dict | None:
     return {"config": conf, "train": train, "eval": data.get("eval"), "classes": data.get("classes"),
             "steps": steps, "train_seconds": ck.get("train_seconds", 0.0), "stopped": stopped,
             "epochs": steps * conf.get("batch_size", 0) / train if train else None,
-            "spec": ck.get("encoder_spec", {})}
+            "spec": ck.get("encoder_spec", {}), "precision": precision_of(header)}
 
 
 def collect(plan: Plan) -> tuple[list[Measured], list[Measured]]:
@@ -650,14 +651,14 @@ def protocol5(m5: list[Measured]) -> str:
 
 
 def training_md(ms: list[Measured]) -> str:
-    lines = ["| run | steps | epochs | training seconds | stopped by | seed | network |",
-             "|---|---:|---:|---:|---|---:|---|"]
+    lines = ["| run | steps | epochs | training seconds | stopped by | seed | network | precision |",
+             "|---|---:|---:|---:|---|---:|---|---|"]
     for m in ms:
         r = m.run
         if r:
             lines.append(f"| Table {m.row.table}: {m.row.label} | {r['steps']:,} | {_f(r['epochs'], '.2f')} | "
                          f"{r['train_seconds']:.0f} | {r['stopped']} | {r['config'].get('seed')} | "
-                         f"{network_name(r['spec'])} |")
+                         f"{network_name(r['spec'])} | {r.get('precision', 'not recorded')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -363,3 +363,13 @@ def test_repro_finetune_takes_the_checkpoints_of_the_repro_run_it_follows(toy, t
                                        "--finetune", "--finetune-out", str(tmp_path / "f2.md")])
     assert r.exit_code == 0, r.output
     assert seen["by"].finetune and seen["cfg"].out == str(tmp_path / "f2.md")
+
+
+def test_training_table_states_each_runs_precision():
+    m = measured("4", "RotNet", 53.0, method="rotnet", ref="Random")
+    run = {"steps": 800, "epochs": 1.02, "train_seconds": 75.0, "stopped": "steps", "config": {"seed": 0},
+           "spec": {"arch": "small", "norm": "bn", "act": "relu"}, "precision": "fp32"}
+    lines = ft.training_md([ft.Measured(m.row, 53.0, None, {}), ft.Measured(m.row, 53.0, run, {})]).splitlines()
+    assert len(lines) == 3                # a row whose run has no record yet is left out
+    line = lines[-1]
+    assert line.startswith("| Table 4: RotNet | 800 | 1.02 | 75 | steps | 0 |") and line.endswith("| fp32 |")
