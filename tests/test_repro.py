@@ -58,6 +58,13 @@ def test_toy_pipeline_writes_results_and_resumes(tmp_path):
     assert "| 1 |" in probes and "24 / 12" in probes
     trained = text.split("## What each row trained")[1].split("##")[0]
     assert "0.06 s" in trained and "train.monogan" in trained and "48 patches of S = 32" in trained
+    # the pipeline's default precision: bf16 where this CPU has it natively, else fp32 (said in one line)
+    import torch
+
+    from train.run import amp_dtype
+    expected = "bf16" if amp_dtype(torch.device("cpu"), "on")[0] else "fp32"
+    assert all(f"| {expected} |" in line for line in trained.splitlines() if line.startswith("| MonoGAN"))
+    assert f"| {expected} |" in probes
     assert (tmp_path / "results.png").stat().st_size > 1000
     # resumable: a second run skips every finished step and rewrites the same table
     done = sorted(os.listdir(tmp_path / "w" / "done"))
