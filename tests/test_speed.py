@@ -255,3 +255,30 @@ def test_render_stage_breakdown_runs_and_its_same_bytes_claims_hold(tmp_path):
     assert rows["warp reading the level in place (no region copy)"].endswith("| yes |")
     assert rows["nearest-neighbour warp (not the paper's resampling)"].endswith("| no |")
     assert any(ln.startswith("Ceiling:") for ln in lines)
+
+
+def test_bench_splice_replaces_sections_and_keeps_when_each_was_measured():
+    from tests.bench.run import splice
+
+    old = "# Benchmarks\n\nMeasured by `make bench` on A, commit 1, day 1.\n\n## X\n\nx1\n\n## Y\n\ny1\n"
+    t2 = "# Benchmarks\n\nMeasured by `make bench` on B, commit 2, day 2.\n"
+    once = splice(old, ["## X\n\nx2\n"], t2)
+    assert "x2" in once and "x1" not in once and "y1" in once
+    assert "- X: re-measured by `make bench ONLY=...` on B, commit 2, day 2." in once
+    twice = splice(once, ["## Y\n\ny3\n", "## Z (new)\n\nz3\n"],
+                   "# Benchmarks\n\nMeasured by `make bench` on C, commit 3, day 3.\n")
+    assert "- X: re-measured by `make bench ONLY=...` on B, commit 2, day 2." in twice   # kept
+    assert "- Y: re-measured by `make bench ONLY=...` on C, commit 3, day 3." in twice
+    assert twice.count("- Y: re-measured") == 1 and "y3" in twice and twice.rstrip().endswith("z3")
+    assert "Measured by `make bench` on A, commit 1, day 1." in twice
+    again = splice(twice, ["## X\n\nx4\n"], "# Benchmarks\n\nMeasured by `make bench` on D, commit 4, day 4.\n")
+    assert again.count("- X: re-measured") == 1 and "on D, commit 4" in again and "on B, commit 2" not in again
+
+
+def test_precision_reading_is_computed_from_the_table():
+    from tests.bench.precision import speed_reading
+
+    text = speed_reading({"MonoGAN, batch 64 (a step)": [2.0, 2.5, 1.0, 0.8],
+                          "RotNet, small, batch 192 (x4)": [1.0, 0.9, 0.5, 0.5]})
+    assert text.startswith("MonoGAN: **x2.00** in bf16 (goal x1.5), x2.50 with channels-last.")
+    assert "in bf16 MonoGAN +20%, RotNet small +0%" in text and "in fp32 MonoGAN -25%, RotNet small +10%" in text

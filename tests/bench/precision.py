@@ -30,13 +30,6 @@ CASES = [
 MODES = [("fp32", dict(amp="off")), ("fp32, channels-last", dict(amp="off", channels_last=True)),
          ("bf16", dict(amp="on")), ("bf16, channels-last", dict(amp="on", channels_last=True))]
 
-# What the speed table showed when this section was written (commit 1f4dc8c): kept beside the fresh table.
-SPEED_READING = """\
-At commit 1f4dc8c (load average 4-6 from other work): MonoGAN x1.76 in bf16 (x1.80 wall; goal x1.5),
-x1.82 with channels-last. Channels-last paid only with bf16 (MonoGAN +3%, RotNet small +18%, AlexNet-BN
-+26% CPU time) and cost 5-18% in fp32 except for AlexNet-BN, so it is an option (`--channels-last`), on
-in the reproduction pipeline together with bf16."""
-
 # The last `fidelity` run, pasted from its output (date and commit inside).
 FIDELITY = """\
 Measured at commit 1f4dc8c on 2026-12-01 on the 2-core Intel Xeon (Sapphire Rapids: `avx512_bf16`,
@@ -104,6 +97,23 @@ def seconds_per_step(module: str, kw: dict, size: int, tmp: str, steps: int, rep
         run.close()
 
 
+def speed_reading(cpu: dict[str, list[float]]) -> str:
+    """What the table says, from its CPU times (per case: the MODES in order)."""
+    def pct(a: float, b: float) -> str:  # CPU time saved (+) or added (-) by channels-last
+        return f"{100 * (a - b) / a:+.0f}%"
+
+    def short(label: str) -> str:  # "RotNet, small, batch 192 (x4 rotations)" -> "RotNet small"
+        return " ".join(p for p in label.split(" (")[0].split(", ")[:2] if not p.startswith("batch"))
+
+    mono = next((v for k, v in cpu.items() if k.startswith("MonoGAN")), None)
+    head = (f"MonoGAN: **x{mono[0] / mono[2]:.2f}** in bf16 (goal x1.5), x{mono[0] / mono[3]:.2f} with "
+            f"channels-last. " if mono else "")
+    return (head + "Channels-last, CPU time saved: in bf16 "
+            + ", ".join(f"{short(k)} {pct(v[2], v[3])}" for k, v in cpu.items())
+            + "; in fp32 " + ", ".join(f"{short(k)} {pct(v[0], v[1])}" for k, v in cpu.items())
+            + ". It is an option (`--channels-last`), on in the reproduction pipeline together with bf16.")
+
+
 def run(quick: bool) -> str:
     """Markdown: seconds per step of each case in each precision mode, and the kept fidelity result."""
     import torch
@@ -113,13 +123,14 @@ def run(quick: bool) -> str:
     steps, repeats = (1, 1) if quick else (4, 3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    rows = []
+    rows, cpu = [], {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for module, label, kw, size in CASES[:2] if quick else CASES:
                 if quick:
                     kw = kw | {"batch_size": 8}
                 got = [seconds_per_step(module, kw | mode, size, tmp, steps, repeats) for _, mode in MODES]
+                cpu[label] = [c for _, c in got]
                 cells = " | ".join(f"{w:.2f} / {c:.2f}" for w, c in got)
                 rows.append(f"| {label} | {cells} | x{got[0][1] / got[2][1]:.2f} / x{got[0][1] / got[3][1]:.2f} |")
     finally:
@@ -132,7 +143,7 @@ def run(quick: bool) -> str:
         f"bf16 (and bf16 + channels-last) CPU time."
         + (" (quick: tiny sizes, numbers meaningless)" if quick else "") + "\n",
         "| method | " + " | ".join(m for m, _ in MODES) + " | bf16 speed-up (plain / channels-last) |",
-        "|---|" + "---|" * len(MODES) + "---|", *rows, "", SPEED_READING, "",
+        "|---|" + "---|" * len(MODES) + "---|", *rows, "", speed_reading(cpu), "",
         "### Does bf16 change what is learnt?\n", FIDELITY, ""])
 
 

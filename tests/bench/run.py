@@ -62,6 +62,9 @@ def _sections(text: str) -> list[str]:
     return re.split(r"(?m)^(?=## )", text)
 
 
+MARK = ": re-measured by `make bench ONLY=...` on "
+
+
 def splice(old: str, new_sections: list[str], title: str) -> str:
     """``old`` with the sections of the same ``## `` heading replaced by the new ones (others appended);
     the title block notes which sections were re-measured and when."""
@@ -77,10 +80,13 @@ def splice(old: str, new_sections: list[str], title: str) -> str:
             else:
                 pieces.append(part.rstrip() + "\n\n")
                 heads.append(head)
-    note = title.strip().replace("Measured by `make bench` on", "Sections re-measured by `make bench ONLY=...` on")
-    names = ", ".join(f"`{p.splitlines()[0][3:]}`" for p in new_sections if p.startswith("## "))
-    head = [ln for ln in pieces[0].rstrip().splitlines() if not ln.startswith("Sections re-measured")]
-    return "\n".join(head).rstrip() + f"\n\n{note.splitlines()[-1]} ({names})\n\n" + "".join(pieces[1:]).rstrip() + "\n"
+    where = title.strip().splitlines()[-1].removeprefix("Measured by `make bench` on ").rstrip(".")
+    names = [p.splitlines()[0][3:] for p in new_sections if p.startswith("## ")]
+    # one line per section, so that an older line keeps the sections this run did not measure
+    head = [ln for ln in pieces[0].rstrip().splitlines()
+            if not ln.startswith("Sections re-measured") and not (ln.startswith("- ") and ln[2:].split(MARK)[0] in names)]
+    head += [f"- {n}{MARK}{where}." for n in names]
+    return "\n".join(head).rstrip() + "\n\n" + "".join(pieces[1:]).rstrip() + "\n"
 
 
 if __name__ == "__main__":
