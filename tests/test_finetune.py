@@ -90,12 +90,14 @@ def test_plan_retrains_each_given_checkpoint_with_conv1_2_frozen(toy, tmp_path):
 def test_plan_fine_tunes_everything_for_table5_and_probes_every_layer(toy, tmp_path):
     cfg = config(toy, tmp_path)
     plan, controls = ft.prepare_plan(cfg)
-    assert [r.label for r in plan.table5] == ["Full sup.", "Full sup., no normalisation, leaky ReLU", "MonoGAN", "RotNet"]
-    inits = {"Full sup.": None, "MonoGAN": toy["gan"], "RotNet": toy["rot"],
+    assert [r.label for r in plan.table5] == ["Full sup.", "Full sup., seed +1",
+                                              "Full sup., no normalisation, leaky ReLU", "MonoGAN", "RotNet"]
+    inits = {"Full sup.": None, "Full sup., seed +1": None, "MonoGAN": toy["gan"], "RotNet": toy["rot"],
              "Full sup., no normalisation, leaky ReLU": controls[0].path}
     for row in plan.table5:
         a = argv_of(plan, f"table5 fine-tune {row.label}")
         assert "--freeze" not in a and opt(a, "--init-from") == inits[row.label]
+        assert opt(a, "--seed") == str(cfg.seed + (row.label == "Full sup., seed +1"))
         assert opt(a, "--max-steps") == "9" and opt(a, "--time-budget") == "90"
         p = argv_of(plan, f"table5 probe {row.label}")
         assert p[0] == "probe.linear" and opt(p, "--checkpoint") == os.path.join(row.run, "checkpoint.pt")
@@ -282,6 +284,19 @@ def test_table5_layout_and_reading():
     rows[1] = measured("5", "MonoGAN", [61.0, 64.5, 65.5, 64.0, None], ref="Full sup.")
     assert "as the paper finds" in ft.reading5(rows, spread=1.0)
     assert "no reading yet" in ft.reading5(rows[:1], spread=None)
+
+
+def test_table5_noise_is_its_own_seed_row_per_layer_where_it_ran():
+    rows = [measured("5", "Full sup.", [60.0, 65.0, 66.0, 64.0, None], None, paper="full-sup"),
+            measured("5", "Full sup., seed +1", [60.5, 63.0, 66.2, 64.1, None], None, paper="full-sup"),
+            measured("5", "MonoGAN", [61.0, 64.5, 62.0, 64.0, None], ref="Full sup.")]
+    assert ft.noise5(rows) == pytest.approx([0.5, 2.0, 0.2, 0.1, None])
+    reading = ft.reading5(rows, spread=5.0)     # Table 4's spread is not used once Table 5 has its own
+    assert "conv1 +1.0 / conv2 -0.5 *within noise* / conv3 -4.0 / conv4 +0.0 *within noise*" in reading
+    assert "conv3 falls 4.0 points below, more than the noise" in reading
+    assert "Full sup. trained from scratch with two seeds lands conv1 0.5 / conv2 2.0 / conv3 0.2 / conv4 0.1" in reading
+    assert "Table 4's seed spread" not in reading
+    assert "Table 4's seed spread (5.0 points" in ft.reading5([rows[0], rows[2]], spread=5.0)
 
 
 # --------------------------------------------------------------------------- end to end
