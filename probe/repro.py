@@ -141,8 +141,9 @@ def step(cfg: ReproConfig, name: str, argv: list[str], progress: str) -> dict:
             rec = json.load(f)
         if rec["argv"] != argv:  # a changed budget or option must not silently reuse the old result
             raise click.ClickException(
-                f"step {name!r} was done in {cfg.work} with other arguments ({' '.join(rec['argv'])}); use a "
-                f"new --work folder, or delete {marker} and that step's outputs to redo it")
+                f"step {name!r} was done in {cfg.work} with other arguments ({argv_change(rec['argv'], argv)}); "
+                f"give the options it was run with, use a new --work folder, or delete {marker} and that step's "
+                f"outputs to redo it")
         click.echo(f"{progress} {name}: done earlier ({rec['seconds']:.0f} s), skipped", err=True)
         return rec
     click.echo(f"{progress} {name}: {' '.join(argv)}", err=True)
@@ -161,6 +162,24 @@ def step(cfg: ReproConfig, name: str, argv: list[str], progress: str) -> dict:
         json.dump(rec, f)
     os.replace(marker + ".partial", marker)
     return rec
+
+
+def argv_change(before: list[str], now: list[str]) -> str:
+    """What differs between two command lines, option by option: ``--amp: (none) -> on``."""
+    def options(argv: list[str]) -> dict[str, str]:
+        out, key = {"(command)": " ".join(a for a in argv[:1])}, None
+        for a in argv[1:]:
+            if a.startswith("--"):
+                key = a
+                out[key] = ""
+            elif key is not None:
+                out[key] = (out[key] + " " + a).strip()
+        return out
+
+    a, b = options(before), options(now)
+    diff = [f"{k}: {a.get(k, '(none)') or '(flag)'} -> {b.get(k, '(none)') or '(flag)'}"
+            for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return "; ".join(diff) or "the same options in another order"
 
 
 def cifar_root(cfg: ReproConfig) -> str:

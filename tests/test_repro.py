@@ -175,8 +175,10 @@ def test_a_step_done_with_other_arguments_is_not_silently_reused(tmp_path):
     with open(marker, "w") as f:
         json.dump({"name": "train MonoGAN", "argv": ["train.monogan", "--time-budget", "600"], "seconds": 600.0}, f)
     assert repro.step(cfg, "train MonoGAN", ["train.monogan", "--time-budget", "600"], "")["seconds"] == 600.0
-    with pytest.raises(click.ClickException, match="other arguments .*--time-budget 600.* new --work folder"):
+    with pytest.raises(click.ClickException, match=r"other arguments \(--time-budget: 600 -> 1800\).* new --work folder"):
         repro.step(cfg, "train MonoGAN", ["train.monogan", "--time-budget", "1800"], "")
+    with pytest.raises(click.ClickException, match=r"\(--amp: \(none\) -> on; --channels-last: \(none\) -> \(flag\)\)"):
+        repro.step(cfg, "train MonoGAN", ["train.monogan", "--time-budget", "600", "--amp", "on", "--channels-last"], "")
 
 
 def test_ablation_steps_replace_the_time_budget():
