@@ -76,15 +76,71 @@ def paired(src: Source, size: int, fmt: str, n: int, repeats: int) -> tuple[floa
     return 1 / best[0], 1 / best[1]
 
 
-def _in_situ(src: Source, size: int, n: int):
-    """The shard path's (crop, jitter, region, level) for ``n`` samples at S = ``size``, and the pyramid."""
-    r = Renderer(Recipe(count=10 ** 9, size=size, image_format="jpg"), [src])
-    pyr = r.pyramids[0]
-    return r, pyr, [(c, j) for _, j, c in r.params(0, n)]
+FLAGS, BORDER = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE
+
+
+class InSitu:
+    """The S = 256 shard path's stages for ``n`` samples, callable one sample at a time, as the renderer
+    runs them (its regions, its reused buffer), so that each can be timed with the stages before it."""
+
+    def __init__(self, src: Source, n: int, size: int = 256):
+        self.size = size
+        r = Renderer(Recipe(count=10 ** 9, size=size, image_format="jpg"), [src])
+        self.pyr = r.pyramids[0]
+        self.items = [(c, j) for _, j, c in r.params(0, n)]
+        self.cuts = [_region(self.pyr, c, size) for c, _ in self.items]
+        self.scratch = np.empty(max(v.size for v, _ in self.cuts), np.uint8)
+        self.three = [cv2.cvtColor(lv, cv2.COLOR_RGBA2BGR) for lv in self.pyr.levels]
+        self.out = [np.empty((size, size, c), np.uint8) for c in (4, 3, 3)]
+
+    def copy(self, view: np.ndarray) -> np.ndarray:
+        """Into one reused buffer, as the renderer does (a fresh array per patch page-faults)."""
+        roi = self.scratch[:view.size].reshape(view.shape)
+        np.copyto(roi, view)
+        return roi
+
+    def warp(self, i: int, interp: int = FLAGS) -> np.ndarray:
+        view, m = self.cuts[i]
+        return cv2.warpAffine(self.copy(view), m, (self.size, self.size), flags=interp, borderMode=BORDER)
+
+    def rgb(self, i: int) -> np.ndarray:
+        return cv2.cvtColor(self.warp(i), cv2.COLOR_RGBA2RGB)
+
+    def jittered(self, i: int) -> np.ndarray:
+        x = self.rgb(i)
+        return cv2.transform(x, bgr_matrix(self.items[i][1], cv2.mean(x)))
+
+    def reference(self, i: int) -> np.ndarray:
+        """The renderer's own jittered patch (``Pyramid.warp`` + ``apply_bgr``)."""
+        c, j = self.items[i]
+        return apply_bgr(self.pyr.warp(c, self.size)[0], j)
+
+    def warp3(self, i: int) -> np.ndarray:
+        """The same warp on 3-channel (BGR) levels: the RGBA -> RGB pass is gone."""
+        (c, j), (view, m) = self.items[i], self.cuts[i]
+        k = self.pyr.choose(c, self.size)
+        y0, x0 = _offset(view, self.pyr.levels[k])
+        h, w = view.shape[:2]
+        x = cv2.warpAffine(self.copy(self.three[k][y0:y0 + h, x0:x0 + w]), m, (self.size, self.size), flags=FLAGS,
+                           borderMode=BORDER)
+        b, g, r, _ = cv2.mean(x)
+        return cv2.transform(x, bgr_matrix(j, (r, g, b))[:, [2, 1, 0, 3]])
+
+    def prealloc(self, i: int) -> np.ndarray:
+        """The same calls writing into arrays allocated once."""
+        (view, m), (b4, b3, bo) = self.cuts[i], self.out
+        x = cv2.cvtColor(cv2.warpAffine(self.copy(view), m, (self.size, self.size), dst=b4, flags=FLAGS,
+                                        borderMode=BORDER), cv2.COLOR_RGBA2RGB, dst=b3)
+        return cv2.transform(x, bgr_matrix(self.items[i][1], cv2.mean(x)), dst=bo)
+
+    def in_place(self, i: int) -> np.ndarray:
+        """The warp reading the level itself, no region copy."""
+        view, m = self.cuts[i]
+        return cv2.warpAffine(view, m, (self.size, self.size), flags=FLAGS, borderMode=BORDER)
 
 
 def _region(pyr, crop, size: int):
-    """(region copy, 2 x 3 map into it) as ``Pyramid._resample`` cuts them (bilinear reach)."""
+    """(region view, 2 x 3 map into it) as ``Pyramid._resample`` cuts them (bilinear reach)."""
     k = pyr.choose(crop, size)
     sx, sy = pyr.scales[k]
     a00, a01, a02, a10, a11, a12 = _affine(crop, size, sx, sy)
@@ -101,80 +157,35 @@ def stages(src: Source, n: int, reps: int, floor: float) -> list[str]:
     """Markdown: CPU µs per patch of the S = 256 shard path built up one stage at a time (each row runs
     every stage above it, in situ, so caches behave as in a render), and of the alternatives tried."""
     cv2.setNumThreads(1)
-    r, pyr, items = _in_situ(src, 256, n)
-    cuts = [_region(pyr, c, 256) for c, _ in items]
-    flags, B = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE
-    scratch = np.empty(max(v.size for v, _ in cuts), np.uint8)
-
-    def copy(view):  # into one reused buffer, as the renderer does (a fresh array per patch page-faults)
-        roi = scratch[:view.size].reshape(view.shape)
-        np.copyto(roi, view)
-        return roi
-
-    def warp(i, interp=flags):
-        view, m = cuts[i]
-        return cv2.warpAffine(copy(view), m, (256, 256), flags=interp, borderMode=B)
-
-    def rgb(i):
-        return cv2.cvtColor(warp(i), cv2.COLOR_RGBA2RGB)
-
-    def jittered(i):
-        x = rgb(i)
-        return cv2.transform(x, bgr_matrix(items[i][1], cv2.mean(x)))
-
-    chain = [("region copy (4 channels)", lambda i: copy(cuts[i][0])),
-             ("+ bilinear warp, 4 channels (`cv2.warpAffine`)", warp),
-             ("+ RGBA -> RGB", rgb),
-             ("+ patch mean", lambda i: cv2.mean(rgb(i))),
-             ("+ colour map, one 3 x 4 transform", jittered),
-             ("+ JPEG q95 encode", lambda i: encode(jittered(i), "jpg", 95))]
-    best = {name: _best_us(fn, n, reps) for name, fn in chain}
+    p = InSitu(src, n)
+    chain = [("region copy (4 channels)", lambda i: p.copy(p.cuts[i][0])),
+             ("+ bilinear warp, 4 channels (`cv2.warpAffine`)", p.warp),
+             ("+ RGBA -> RGB", p.rgb),
+             ("+ patch mean", lambda i: cv2.mean(p.rgb(i))),
+             ("+ colour map, one 3 x 4 transform", p.jittered),
+             ("+ JPEG q95 encode", lambda i: encode(p.jittered(i), "jpg", 95))]
+    best = [_best_us(fn, n, reps) for _, fn in chain]
     full = 1e6 * min(render_round(src, 256, "jpg", n)() for _ in range(reps))
-    ref = [apply_bgr(pyr.warp(c, 256)[0], j) for c, j in items[:200]]
-    three = [cv2.cvtColor(lv, cv2.COLOR_RGBA2BGR) for lv in pyr.levels]
-
-    def warp3(i):  # the same warp on 3-channel (BGR) levels: the RGBA -> RGB pass is gone
-        c, j = items[i]
-        view, m = cuts[i]
-        k = pyr.choose(c, 256)
-        y0, x0 = _offset(view, pyr.levels[k])
-        h, w = view.shape[:2]
-        x = cv2.warpAffine(copy(three[k][y0:y0 + h, x0:x0 + w]), m, (256, 256), flags=flags, borderMode=B)
-        b, g, rr, _ = cv2.mean(x)
-        return cv2.transform(x, bgr_matrix(j, (rr, g, b))[:, [2, 1, 0, 3]])
-
-    b4, b3, bo = np.empty((256, 256, 4), np.uint8), np.empty((256, 256, 3), np.uint8), np.empty((256, 256, 3), np.uint8)
-
-    def prealloc(i):  # the same calls writing into arrays allocated once
-        view, m = cuts[i]
-        x = cv2.cvtColor(cv2.warpAffine(copy(view), m, (256, 256), dst=b4, flags=flags, borderMode=B),
-                         cv2.COLOR_RGBA2RGB, dst=b3)
-        return cv2.transform(x, bgr_matrix(items[i][1], cv2.mean(x)), dst=bo)
-
-    alts = [("3-channel levels and warp (no RGBA -> RGB)", warp3, True),
-            ("output arrays allocated once (`dst=`)", prealloc, True),
-            ("warp reading the level in place (no region copy)",
-             lambda i: cv2.warpAffine(cuts[i][0], cuts[i][1], (256, 256), flags=flags, borderMode=B), False),
-            ("nearest-neighbour warp (not the paper's resampling)", lambda i: warp(i, interp=cv2.INTER_NEAREST
-                                                                                    | cv2.WARP_INVERSE_MAP), False)]
-    rows = [f"| {name} | {us:,.0f} | {us - prev:+,.0f} |" for (name, us), prev in
-            zip(best.items(), [0.0, *best.values()])]
+    # (name, call, the stage it replaces, the bytes it must equal)
+    alts = [("3-channel levels and warp (no RGBA -> RGB)", p.warp3, 4, p.reference),
+            ("output arrays allocated once (`dst=`)", p.prealloc, 4, p.reference),
+            ("warp reading the level in place (no region copy)", p.in_place, 1, p.warp),
+            ("nearest-neighbour warp (not the paper's resampling)",
+             lambda i: p.warp(i, cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP), 1, p.warp)]
     out = ["", "Where the S = 256 render's time goes (one core, CPU µs per patch, each row in situ with every "
-           "stage above it; min of the same rounds):", "",
-           "| stages | µs/patch | this stage |", "|---|---:|---:|", *rows,
-           f"| the shard path (`Renderer.render`: + draws, JSON) | {full:,.0f} | {full - best[chain[-1][0]]:+,.0f} |",
+           "stage above it; min of the same rounds):", "", "| stages | µs/patch | this stage |", "|---|---:|---:|",
+           *[f"| {name} | {us:,.0f} | {us - prev:+,.0f} |" for (name, _), us, prev in zip(chain, best, [0.0, *best])],
+           f"| the shard path (`Renderer.render`: + draws, JSON) | {full:,.0f} | {full - best[-1]:+,.0f} |",
            "", "Alternatives measured (same rounds):", "",
            "| alternative | µs/patch | replaces | same bytes |", "|---|---:|---:|---|"]
-    for name, fn, jitters in alts:
-        same = all(np.array_equal(fn(i), ref[i] if jitters else warp(i)) for i in range(min(n, 200)))
-        base = best[chain[4][0]] if jitters else best[chain[1][0]]
-        out.append(f"| {name} | {_best_us(fn, n, reps):,.0f} | {base:,.0f} | {'yes' if same else 'no'} |")
-    warp_us, enc_us = best[chain[1][0]], best[chain[5][0]] - best[chain[4][0]]
+    for name, fn, stage, want in alts:
+        same = all(np.array_equal(fn(i), want(i)) for i in range(min(n, 200)))
+        out.append(f"| {name} | {_best_us(fn, n, reps):,.0f} | {best[stage]:,.0f} | {'yes' if same else 'no'} |")
+    kept = best[1] + best[5] - best[4]   # region copy + warp + encode
     out += ["", f"Ceiling: were every stage but the region copy, the bilinear warp and the encode free, the render "
-            f"would take {warp_us + enc_us:,.0f} µs, {1e6 / floor / (warp_us + enc_us):.2f} of the floor "
-            f"({1e6 / floor:,.0f} µs); the paper's recipe at 0.55 of the floor leaves "
-            f"{1e6 / floor / 0.55 - warp_us - enc_us:,.0f} µs for the rest (measured now: "
-            f"{full - warp_us - enc_us:,.0f} µs)."]
+            f"would take {kept:,.0f} µs, {1e6 / floor / kept:.2f} of the floor ({1e6 / floor:,.0f} µs); the "
+            f"paper's recipe at 0.55 of the floor leaves {1e6 / floor / 0.55 - kept:,.0f} µs for the rest (measured "
+            f"now: {full - kept:,.0f} µs)."]
     return out
 
 
