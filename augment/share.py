@@ -24,6 +24,7 @@ from augment.files import TMP_MARK, atomic_write, describe_os_error, file_digest
 from augment.lock import folder_lock
 from augment.manifest import (DISK_FULL, MANIFEST, Manifest, ShardEntry, check_identity, describe_error,
                               open_location, read_manifest_text)
+from augment.verify import presence_problem
 
 CARD = "CARD.md"
 CHUNK = 1 << 20
@@ -53,12 +54,9 @@ def verify_shards(m: Manifest, progress: bool = True) -> list[str]:
                disable=not progress, leave=False)
     with bar:
         for e in m.shards:
-            path = m.shard_path(e)
-            if not os.path.isfile(path):
-                problems.append(f"{e.name}: missing")
-            elif os.path.getsize(path) != e.bytes:
-                problems.append(f"{e.name}: {os.path.getsize(path)} bytes, manifest says {e.bytes}")
-            elif file_digest(path) != e.sha256:
+            if problem := presence_problem(m, e):
+                problems.append(problem)
+            elif file_digest(m.shard_path(e)) != e.sha256:
                 problems.append(f"{e.name}: sha256 differs from the manifest")
             bar.update(e.bytes)
     return problems

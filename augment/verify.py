@@ -125,16 +125,19 @@ def count_runs(counts: list[int]) -> str:
     return " + ".join(f"{k:,} x {c:,}" for k, c in runs) or "none"
 
 
+def presence_problem(m: Manifest, e: ShardEntry) -> str | None:
+    """The shard missing or not its manifest size, in one line (cheap: no reading, no hashing); else None."""
+    path = m.shard_path(e)
+    if not os.path.isfile(path):
+        return f"{e.name}: missing"
+    if os.path.getsize(path) != e.bytes:
+        return f"{e.name}: {os.path.getsize(path):,} bytes, manifest says {e.bytes:,}"
+    return None
+
+
 def presence_problems(m: Manifest) -> list[str]:
     """Shards that are missing or not their manifest size (cheap: no reading, no hashing)."""
-    problems = []
-    for e in m.shards:
-        path = m.shard_path(e)
-        if not os.path.isfile(path):
-            problems.append(f"{e.name}: missing")
-        elif os.path.getsize(path) != e.bytes:
-            problems.append(f"{e.name}: {os.path.getsize(path):,} bytes, manifest says {e.bytes:,}")
-    return problems
+    return [p for e in m.shards if (p := presence_problem(m, e))]
 
 
 def summary(m: Manifest) -> str:
