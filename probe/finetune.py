@@ -65,7 +65,7 @@ class FinetuneConfig:
     batch_size: int = 64
     workers: int = 1
     seed: int = 0
-    seed_row: bool = True                           # Random (Table 4) and Full sup. (Table 5) again with seed + 1: the noise
+    seed_row: bool = True                           # Random (T4), Full sup. (T5) again with seed + 1: the noise
     spec_controls: bool = True                      # Random / from-scratch rows with each model's network
     figures: bool = True
     content: str = "ameyoko.jpg"                    # Fig. 3 content (Image A), in --images or a path
@@ -263,13 +263,14 @@ def write_control(src: Source, seed: int) -> dict:
     from train.random_init import Config as RandomConfig
     from train.run import write_bare_checkpoint
 
-    t0, commit = time.time(), git_rev()
+    t0 = time.time()
     if os.path.isfile(src.path):
         ck = load_checkpoint(src.path)
         if ck["encoder_spec"] != src.spec:
             raise click.ClickException(f"{src.path} holds another network than {network_name(src.spec)}; delete it")
         commit = str(ck.get("git") or "not recorded")[:7]  # the commit that wrote it, not this re-run's
     else:
+        commit = git_rev()
         torch.manual_seed(seed)     # as train.random: the encoder's weights depend on the seed alone
         write_bare_checkpoint(src.path, method="random", cfg=RandomConfig(out=os.path.dirname(src.path), seed=seed,
                                                                            arch=src.spec["arch"]),
@@ -546,15 +547,16 @@ def reading4(m4: list[Measured]) -> str:
     for m in singles:
         ref = vals.get(m.row.ref, rand)
         prow = TABLE4.get(m.row.paper)
-        pshare = (f"; paper {prow.label}: {100 * (p[m.row.paper] - p['random']) / (p['full-sup'] - p['random']):.0f} %"
+        pshare = (f"paper {prow.label}: {100 * (p[m.row.paper] - p['random']) / (p['full-sup'] - p['random']):.0f} %"
                   if prow else "")
         if m.row.ref not in (None, "Random"):  # its own network's control: the Random-to-Full-sup. scale mixes networks
-            share = (f"no share of the way from Random to Full sup. (those two train another network; "
-                     f"its own control is the yardstick){pshare.replace(';', ' —')}")
-        elif sup - rand > (spread or 0):
-            share = f"{100 * (m.value - rand) / (sup - rand):.0f} % of the way from Random to Full sup.{pshare}"
+            share = ("no share of the way from Random to Full sup. (those two train another network; its own "
+                     "control is the yardstick)" + (f" — {pshare}" if pshare else ""))
         else:
-            share = f"no share (Full sup. is not above Random by more than the noise){pshare}"
+            share = (f"{100 * (m.value - rand) / (sup - rand):.0f} % of the way from Random to Full sup."
+                     if sup - rand > (spread or 0) else
+                     "no share (Full sup. is not above Random by more than the noise)")
+            share += f"; {pshare}" if pshare else ""
         out.append(f"- {m.row.label}: {m.value:.1f}, {mark(m.value - ref, spread)} vs {m.row.ref or 'Random'}, "
                    f"{mark(m.value - sup, spread)} vs Full sup.; {share}.")
     scat = vals.get("Scattering")
@@ -680,7 +682,7 @@ def training_md(ms: list[Measured]) -> str:
         if r:
             lines.append(f"| Table {m.row.table}: {m.row.label} | {r['steps']:,} | {_f(r['epochs'], '.2f')} | "
                          f"{r['train_seconds']:.0f} | {r['stopped']} | {r['config'].get('seed')} | "
-                         f"{network_name(r['spec'])} | {r.get('precision', 'not recorded')} |")
+                         f"{network_name(r['spec'])} | {r['precision']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -167,7 +167,7 @@ def step(cfg: ReproConfig, name: str, argv: list[str], progress: str) -> dict:
 def argv_change(before: list[str], now: list[str]) -> str:
     """What differs between two command lines, option by option: ``--amp: (none) -> on``."""
     def options(argv: list[str]) -> dict[str, str]:
-        out, key = {"(command)": " ".join(a for a in argv[:1])}, None
+        out, key = {"(command)": argv[0] if argv else ""}, None
         for a in argv[1:]:
             if a.startswith("--"):
                 key = a
@@ -474,7 +474,8 @@ def training_table(runs: list[tuple[str, str]], probes: dict[str, dict | None]) 
         spec = ((probes.get(label) or {}).get("checkpoint") or {}).get("encoder_spec") or {}
         opts = ", ".join(f"{k} {f.config[k]}" for k in NOTABLE.get(f.method, ()) if k in f.config)
         lines.append(f"| {label} | `train.{f.method}` | {runfacts.trained_on(f)} | {spec.get('arch', '?')} | "
-                     f"{f.config.get('batch_size', '?')} | {f.precision} | {runfacts.budget(f)} | {training_cell(label, f)} | "
+                     f"{f.config.get('batch_size', '?')} | {f.precision} | {runfacts.budget(f)} | "
+                     f"{training_cell(label, f)} | "
                      f"{f.seconds:.0f} | {opts or '–'} |")
     return "\n".join(lines) + "\n"
 
