@@ -69,7 +69,11 @@ class CommonConfig:
     seed: int = option(0, "Seed of every random choice of the run.", lo=0)
     epochs: int = option(1, "Epochs to train (in total, over resumes).", lo=1)
     max_steps: int = option(0, "Stop (with a checkpoint) after this many optimisation steps in total "
-                            "(0: no limit).", lo=0)
+                            "(0: no limit). A step budget: every schedule (lr, momentum, milestones) runs over "
+                            "min(--max-steps, --epochs x steps per epoch) steps.", lo=0)
+    stop_at_step: int = option(0, "Stop (with a checkpoint) after this many steps in total without changing "
+                               "the planned schedule: one job of a longer run, continued with --resume "
+                               "(0: no such stop).", lo=0)
     resume: bool = option(False, "Continue from OUT/checkpoint.pt.")
     amp: str = option("cuda", "bf16 autocast. cuda: on CUDA only (CPU runs stay fp32); on: also on a CPU with "
                       "native bf16 (avx512_bf16/amx_bf16; fp32 elsewhere, said in one line); off: fp32.",

@@ -30,7 +30,7 @@ from train.run import ResumeState, Run
 
 
 # Options that only say how long or how a run goes on: a resume applies their new values.
-RESUMABLE = frozenset({"resume", "out", "epochs", "max_steps", "time_budget", "log_every", "device", "amp",
+RESUMABLE = frozenset({"resume", "out", "epochs", "max_steps", "stop_at_step", "time_budget", "log_every", "device", "amp",
                        "channels_last", "decode_device", "verify_stream", "allow_changed_inputs", "sample_every",
                        "eval_batches", "skip_bad_images"})
 # What fixes the order of the batches: a resume with other values is not the same run.

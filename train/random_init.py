@@ -30,7 +30,7 @@ class Config(CommonConfig):
     sobel: bool = option(False, "DeepCluster's Sobel front end.")
 
     ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "sobel")
-    UNUSED: ClassVar[tuple[str, ...]] = ("shards", "batch_size", "workers", "device", "epochs", "max_steps",
+    UNUSED: ClassVar[tuple[str, ...]] = ("shards", "batch_size", "workers", "device", "epochs", "max_steps", "stop_at_step",
                                          "resume", "amp", "log_every", "time_budget", "verify_stream",
                                          "channels_last", "decode_device")
 

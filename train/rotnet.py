@@ -25,6 +25,7 @@ from train.config import CommonConfig, command, option
 from train.loader import center_crop, make_loader, prepare, random_crop_flip, random_resized_crop_flip, with_transform
 from train.loop import Method, echo_stats, fit
 from train.models import EncoderSpec
+from train.schedules import milestone_steps, planned_steps, set_lr, step_factor
 from train.run import Run, unwrap
 
 # Evaluation reads its own epoch of the set (an epoch index no training run reaches), centre crops.
@@ -94,20 +95,18 @@ class RotNet(Method):
         self.model = run.wrap(build_classifier(EncoderSpec(arch=cfg.arch), 4, cfg.input_size, cfg.fc_dropout))
         self.encoder = unwrap(self.model).encoder
         self.opt = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.milestones), gamma=cfg.gamma)
-        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched}
+        # lr milestones as the same fraction of the planned steps (a step budget keeps the decays)
+        self.milestone_steps = milestone_steps(cfg.milestones, cfg.epochs,
+                                               planned_steps(cfg, self.loader.batches_per_epoch))
+        return {"model": self.model, "optimizer": self.opt}
 
     def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
         self.model.train()
 
     def step(self, run: Run, batch) -> dict:
+        set_lr(self.opt, self.cfg.lr * step_factor(run.step, self.milestone_steps, self.cfg.gamma))
         x, y = rotations(prepare(batch[0], run.device))
         return cross_entropy_step(run, self.model, [self.opt], x, y)
-
-    def end_epoch(self, run: Run, epoch: int, complete: bool) -> dict:
-        if complete:
-            self.sched.step()
-        return {}
 
     def evaluate(self, run: Run) -> dict:
         """Rotation accuracy and loss on the first ``--eval-batches`` centre-cropped batches of a fixed

@@ -16,9 +16,7 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from torch import nn
 
 from augment.files import describe_os_error, remove_stale_temps
 from augment.lock import folder_lock
+from augment.provenance import git_revision, library_versions
 from augment.seeds import mix
 from train.checkpoint import CHECKPOINT, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
 from train.config import AMP_CHOICES, CommonConfig
@@ -40,38 +39,6 @@ LOG = "log.jsonl"
 # /proc/cpuinfo flags of x86 CPUs that compute bf16 natively; elsewhere bf16 autocast is emulated and
 # slower than fp32, so it is not used.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def git_revision() -> str:
-    """Commit of the code that runs, with ``+dirty`` when the work tree has changes; ``unknown`` outside git."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        if not rev:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of everything that can change a result."""
-    import PIL
-    import torchvision
-
-    v = {"python": platform.python_version(), "torch": torch.__version__,
-         "torchvision": torchvision.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
-         "cuda": str(torch.version.cuda), "platform": platform.platform()}
-    try:
-        import webdataset
-
-        v["webdataset"] = getattr(webdataset, "__version__", "unknown")
-    except ImportError:
-        pass
-    return v
 
 
 def resolve_device(name: str) -> torch.device:
@@ -349,8 +316,10 @@ class Run:
 
     @property
     def done(self) -> bool:
-        """True once ``--max-steps`` steps are done or the ``--time-budget`` is spent (on any rank)."""
+        """True once ``--max-steps`` (or ``--stop-at-step``) steps are done or the ``--time-budget`` is spent (on any rank)."""
         if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+            return True
+        if self.cfg.stop_at_step and self.step >= self.cfg.stop_at_step:
             return True
         return self.budget.reached(self.dist, self.device)
 

@@ -24,6 +24,7 @@ from train.loader import prepare
 from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
 from train.loop import Method, echo_stats, fit
 from train.models import EncoderSpec
+from train.schedules import milestone_steps, planned_steps, set_lr, step_factor
 from train.run import Run, unwrap
 
 
@@ -136,13 +137,16 @@ class Supervised(Method):
         self.model = run.wrap(build_model(cfg, len(splits.classes)))
         self.encoder = unwrap(self.model).encoder
         self.opt = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(cfg.milestones), gamma=cfg.gamma)
-        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched}
+        # lr milestones as the same fraction of the planned steps (a step budget keeps the decays)
+        self.milestone_steps = milestone_steps(cfg.milestones, cfg.epochs,
+                                               planned_steps(cfg, self.loader.batches_per_epoch))
+        return {"model": self.model, "optimizer": self.opt}
 
     def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
         train_mode(self.model, self.cfg.freeze)
 
     def step(self, run: Run, batch) -> dict:
+        set_lr(self.opt, self.cfg.lr * step_factor(run.step, self.milestone_steps, self.cfg.gamma))
         x, y = self.to_xy(batch, run)
         return cross_entropy_step(run, self.model, [self.opt], x, y)
 
@@ -152,8 +156,6 @@ class Supervised(Method):
         return prepare(images, run.device), labels.to(run.device, non_blocking=True)
 
     def end_epoch(self, run: Run, epoch: int, complete: bool) -> dict:
-        if complete:
-            self.sched.step()
         loaders = [ld for ld in (self.loader, self.eval_loader) if ld is not None]
         return {"bad_images_skipped": sum(ld.data.skipped.value for ld in loaders)} if self.cfg.skip_bad_images else {}
 

@@ -9,25 +9,19 @@ import importlib
 import os
 import platform
 import re
-import subprocess
 import time
 
 import click
 
 from augment.files import write_text_atomic
+from augment.provenance import cpu_model, git_revision
 
 SECTIONS = ["render", "variants", "loader", "loop", "cluster", "probe", "gans", "precision"]
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, commit {rev or 'unknown'}"
+    """The machine and the code: CPU, cores, Python and the commit."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, commit {git_revision(short=True)}"
 
 
 @click.command()

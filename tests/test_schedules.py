@@ -1,0 +1,42 @@
+"""Schedules over the planned steps: a step-budgeted run ends every schedule at its last step."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from train.schedules import cosine, milestone_steps, planned_steps, progress, step_factor
+
+
+def test_planned_steps_is_epochs_cut_at_max_steps():
+    assert planned_steps(SimpleNamespace(epochs=10000, max_steps=300), 781) == 300
+    assert planned_steps(SimpleNamespace(epochs=2, max_steps=0), 781) == 1562
+    assert planned_steps(SimpleNamespace(epochs=2, max_steps=5000), 781) == 1562
+
+
+@pytest.mark.parametrize("total,warmup", [(1, 0), (2, 0), (300, 0), (300, 30), (7, 6)])
+def test_cosine_reaches_its_end_value_at_the_last_step(total, warmup):
+    start, end = 0.3, 1e-6
+    last = cosine(total - 1, total, start, end, warmup=warmup)
+    assert last == pytest.approx(end if total > 1 else start, abs=1e-12) or total == 1
+    if warmup and total > warmup + 1:
+        assert cosine(0, total, start, end, warmup=warmup) == 0.0
+        assert cosine(warmup, total, start, end, warmup=warmup) == pytest.approx(start)
+    # the midpoint of the decay is the mean of start and end
+    if total > 3 and not warmup:
+        mid = (total - 1) / 2
+        assert cosine(int(mid), total, start, end) == pytest.approx(
+            end + (start - end) * 0.5 * (1 + math.cos(math.pi * int(mid) / (total - 1))))
+
+
+def test_milestones_keep_their_fraction_of_the_run():
+    # torchvision's AlexNet recipe: lr / 10 at epochs 30 and 60 of 90; a 300-step budget decays at 100 and 200
+    ms = milestone_steps((30, 60), 90, 300)
+    assert ms == (100, 200)
+    assert [step_factor(s, ms, 0.1) for s in (0, 99, 100, 199, 200, 299)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_progress_is_clamped():
+    assert progress(0, 10) == 0 and progress(9, 10) == 1 and progress(50, 10) == 1 and progress(3, 1) == 1
