@@ -60,14 +60,17 @@ shards:
 	$(PY) -m augment render --image $(IMG) --n $(N) --count $(D) --size $(S) --seed $(SEED) \
 	  --workers $(WORKERS) --out $(OUT) $(ARGS)
 
-# make repro-cpu [IMAGES=dir-with-animals.png] [CIFAR=cifar10-jpg.tar.gz] [REPRO_ARGS="--train-minutes 9"]
+# The paper's tables at reduced scale (python -m repro; docs/results/): each a resumable plan of steps with
+# step budgets and two seeds per row, at most an hour each on an idle 2-core CPU.
+# make repro-cpu [IMAGES=dir-with-animals.png] [CIFAR=cifar10-jpg.tar.gz] [REPRO_ARGS="--steps 400 --seeds 3"]
 REPRO_FLAGS = $(if $(IMAGES),--images $(IMAGES)) $(if $(CIFAR),--cifar $(CIFAR)) $(REPRO_ARGS)
 
 repro-cpu:
-	$(PY) -m probe.repro --out docs/results.md $(REPRO_FLAGS)
+	$(PY) -m repro table3 $(REPRO_FLAGS)
 
+# Table 1: eight augmentation cells + a seed pair of cell (j) -> docs/results/ablation.md, ablation.png
 repro-ablation-cpu:
-	$(PY) -m probe.repro --ablation --out docs/results.md $(REPRO_FLAGS)
+	$(PY) -m repro table1 $(REPRO_FLAGS)
 
 # Table 3 and Table 1 at the paper's scale on one GPU (docs/training.md, "On a GPU"): MonoGAN and every
 # Table 1 cell for MONOGAN_STEPS generator steps (gan_cifar.py's 200,000 by default), supervised and RotNet
@@ -76,16 +79,17 @@ repro-ablation-cpu:
 MONOGAN_STEPS ?= 200000
 ABLATION_STEPS ?= $(MONOGAN_STEPS)
 repro-gpu:
-	$(PY) -m probe.repro --device cuda --ablation --work runs/repro-gpu --out docs/results-gpu.md \
-	  --workers $(WORKERS) --amp on --no-channels-last --monogan-steps $(MONOGAN_STEPS) \
-	  --ablation-steps $(ABLATION_STEPS) --full-schedules $(REPRO_FLAGS)
+	$(PY) -m repro table3 --device cuda --ablation --work runs/repro-gpu --out docs/results/gpu-table3.md \
+	  --ablation-out docs/results/gpu-ablation.md --workers $(WORKERS) --amp on --no-channels-last \
+	  --monogan-steps $(MONOGAN_STEPS) --ablation-steps $(ABLATION_STEPS) --full-schedules --train-minutes 0 \
+	  --ablation-minutes 0 $(REPRO_FLAGS)
 
-# make repro-finetune-cpu [IMAGES=...] [CIFAR=...] [FINETUNE_ARGS="--retrain-steps 1600"], after make repro-cpu:
-# Tables 4 and 5 and Figs. 3 and 5 from its checkpoints (runs/repro-cpu) -> docs/results-finetune.md (+ -fig3/-fig5.png)
+# make repro-finetune-cpu [IMAGES=...] [CIFAR=...] [FINETUNE_ARGS="--retrain-steps 800"], after make repro-cpu:
+# Tables 4 and 5 and Figs. 3 and 5 from its checkpoints (runs/repro-cpu) -> docs/results/finetune.md (+ figures)
 FINETUNE_FLAGS = $(if $(IMAGES),--images $(IMAGES)) $(if $(CIFAR),--cifar $(CIFAR)) $(FINETUNE_ARGS)
 
 repro-finetune-cpu:
-	$(PY) -m probe.finetune --out docs/results-finetune.md $(FINETUNE_FLAGS)
+	$(PY) -m repro table45 $(FINETUNE_FLAGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -187,44 +187,46 @@ def test_gpu_check_every_section_runs_on_the_cpu(tmp_path, monkeypatch):
     assert "decode on the CPU" in r.output
 
 
-def test_repro_gpu_options_reach_every_command_and_default_argv_is_unchanged(tmp_path):
-    from probe.repro import ReproConfig, main_plan
+def test_repro_gpu_options_reach_every_command_and_default_leaves_each_commands_own(tmp_path):
+    from repro.config import ReproConfig
+    from repro.table3 import plan
 
-    # "default" keeps the argv (and so the resumability) of work folders made before these options
+    # "default": each command's own --amp (fp32 on the CPU)
     base = ReproConfig(images=str(tmp_path), cifar=str(tmp_path), work=str(tmp_path / "w"), amp="default",
                        channels_last=False)
-    plain = {name: argv for name, argv, _ in main_plan(base, "data")}
+    plain = {s.name: s.argv for s in plan(base, "data")}
     assert not any("--amp" in a or "--channels-last" in a for a in plain.values())
     gpu = ReproConfig(images=str(tmp_path), cifar=str(tmp_path), work=str(tmp_path / "w"), device="cuda",
-                      amp="on", channels_last=True, monogan_steps=7, full_schedules=True)
-    plan = {name: argv for name, argv, _ in main_plan(gpu, "data")}
-    mono = next(v for k, v in plan.items() if k.startswith("train MonoGAN"))
-    sup = next(v for k, v in plan.items() if k.startswith("train Fully supervised"))
+                      amp="on", channels_last=True, monogan_steps=7, full_schedules=True, train_minutes=0)
+    steps = {s.name: s.argv for s in plan(gpu, "data")}
+    mono = next(v for k, v in steps.items() if k.startswith("train MonoGAN"))
+    sup = next(v for k, v in steps.items() if k.startswith("train Fully supervised"))
     assert mono[mono.index("--max-steps") + 1] == "7" and "--time-budget" not in mono
     assert "--time-budget" not in sup and "--epochs" not in sup and "--max-steps" not in sup
-    for name, argv in plan.items():
+    for name, argv in steps.items():
         if name.startswith(("train", "probe")):
             assert argv[argv.index("--amp") + 1] == "on", name
         assert ("--channels-last" in argv) == name.startswith("train"), name
-    assert plan["pack CIFAR-10 train"][:2] == ["augment", "pack"]
+    assert steps["pack CIFAR-10 train"][:2] == ("augment", "pack")
 
 
 def test_repro_trains_and_probes_in_bf16_by_default_and_finetune_keeps_fp32(tmp_path):
-    from probe import finetune
-    from probe.repro import ReproConfig, main_plan
+    from repro.config import FinetuneConfig, ReproConfig
+    from repro.table3 import plan
+    from repro.table45 import repro_config
 
-    plan = dict((n, a) for n, a, _ in main_plan(ReproConfig(images=str(tmp_path), cifar=str(tmp_path),
-                                                              work=str(tmp_path / "w")), "data"))
-    for name, argv in plan.items():
+    steps = {s.name: s.argv for s in plan(ReproConfig(images=str(tmp_path), cifar=str(tmp_path),
+                                                       work=str(tmp_path / "w")), "data")}
+    for name, argv in steps.items():
         if name.startswith(("train", "probe")):
             assert argv[argv.index("--amp") + 1] == "on", name
         assert ("--channels-last" in argv) == name.startswith("train"), name
-    rcfg = finetune.repro_config(finetune.FinetuneConfig(work=str(tmp_path / "w")))
-    assert not any("--amp" in a for _, a, _ in main_plan(rcfg, "data"))
+    rcfg = repro_config(FinetuneConfig(work=str(tmp_path / "w")))
+    assert not any("--amp" in s.argv for s in plan(rcfg, "data"))
 
 
 def test_precision_comes_from_the_log_header_and_old_boolean_amp_meant_cuda_only():
-    from probe.runfacts import precision_of, probe_protocol
+    from repro.records import precision_of, probe_protocol
 
     assert precision_of({"precision": "bf16", "config": {"amp": "on"}, "device": "cpu"}) == "bf16"
     assert precision_of({"config": {"amp": True}, "device": "cpu"}) == "fp32"

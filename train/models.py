@@ -49,6 +49,8 @@ class EncoderSpec:
     in_channels: int = 3
     frontend: str = "conv"    # "scattering": conv1-2 replaced by a fixed scattering + 1x1 adapter (Table 4)
     frontend_size: int = 0    # the input side the scattering frontend is built for
+    adapter: bool = False     # a learned 1x1 conv + BN + ReLU before conv3: the scattering frontend's adapter
+                              # on a conv encoder (Table 4's control of what that adapter adds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,9 +115,18 @@ class Encoder(nn.Module):
                 self.pools[name] = nn.MaxPool2d(3, 2)
             c_in = c_out
         self.out_channels = c_in
+        if spec.adapter:
+            self._adapter()
         self.reset_parameters()
         if spec.frontend == "scattering":
             self._scattering_frontend()
+
+    def _adapter(self) -> None:
+        """conv3 reads conv2's pooled output through a learned 1x1 convolution, as it reads the scattering
+        frontend's: conv3's block becomes Sequential(adapter, conv3), trained with it."""
+        c = self.blocks["conv2"][0].out_channels
+        adapter = nn.Sequential(nn.Conv2d(c, c, 1), _norm(self.spec.norm, c), _act(self.spec.act))  # N x c x h x w
+        self.blocks["conv3"] = nn.Sequential(adapter, self.blocks["conv3"])
 
     def _scattering_frontend(self) -> None:
         """conv1 becomes the scattering frontend (it yields conv2's pooled output), conv2 the identity."""

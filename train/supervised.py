@@ -10,7 +10,7 @@ and 60, 90 epochs, batch 256 (docs/training.md).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import click
@@ -45,6 +45,8 @@ class Config(CommonConfig):
     frontend: str = option("conv", "conv1-2: learned convolutions (conv), or a fixed 2-D scattering transform "
                            "(J = 2, L = 8) with a 1x1 adapter, the paper's Table 4 'Scattering' row.",
                            choices=("conv", "scattering"))
+    adapter: bool = option(False, "A learned 1x1 conv + BN + ReLU between conv2 and conv3, trained with conv3: the "
+                           "scattering frontend's adapter on a conv encoder (Table 4's adapter control).")
     init_from: str = option("", "Start the encoder from this checkpoint (any trainer's).")
     init_layers: tuple[str, ...] = option((), "Blocks taken from --init-from, e.g. conv1,conv2 (the paper's Table 5); "
                                           "the others keep their random initialisation. Empty: all.")
@@ -53,7 +55,7 @@ class Config(CommonConfig):
     skip_bad_images: bool = option(False, "Skip images that cannot be decoded (counted in the log) instead "
                                    "of stopping at the first one.")
 
-    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset", "frontend")
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset", "frontend", "adapter")
     UNUSED: ClassVar[tuple[str, ...]] = ("shards", "verify_stream")
 
     @property
@@ -64,9 +66,10 @@ class Config(CommonConfig):
 def initial_spec(cfg: Config) -> tuple[EncoderSpec, dict | None]:
     """The encoder spec to build, and the encoder weights to start from (``--init-from``)."""
     if cfg.frontend == "scattering":
-        if cfg.init_from:
-            raise click.ClickException("--frontend scattering replaces conv1-2, so --init-from has nothing to put "
-                                       "there; drop one of the two")
+        if cfg.init_from or cfg.adapter:
+            raise click.ClickException(f"--frontend scattering replaces conv1-2 (with its own adapter), so "
+                                       f"{'--init-from' if cfg.init_from else '--adapter'} has nothing to act on; "
+                                       f"drop one of the two")
         from train.scattering import frontend_output
 
         try:
@@ -75,7 +78,7 @@ def initial_spec(cfg: Config) -> tuple[EncoderSpec, dict | None]:
             raise click.ClickException(f"--frontend scattering: {e}") from None
         return EncoderSpec(arch=cfg.arch, frontend="scattering", frontend_size=cfg.input_size), None
     if not cfg.init_from:
-        return EncoderSpec(arch=cfg.arch), None
+        return EncoderSpec(arch=cfg.arch, adapter=cfg.adapter), None
     ck = load_checkpoint(cfg.init_from)
     spec = EncoderSpec.from_dict(ck["encoder_spec"])
     keys = [k.removeprefix("module.") for k in ck["encoder"]]
@@ -86,7 +89,7 @@ def initial_spec(cfg: Config) -> tuple[EncoderSpec, dict | None]:
     if spec.arch != cfg.arch:
         raise click.ClickException(f"--init-from {cfg.init_from} holds a {spec.arch!r} encoder, not {cfg.arch!r}; "
                                    f"pass --arch {spec.arch}")
-    return spec, {k.removeprefix("module."): v for k, v in ck["encoder"].items()}
+    return replace(spec, adapter=cfg.adapter), {k.removeprefix("module."): v for k, v in ck["encoder"].items()}
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:

@@ -1,8 +1,8 @@
 """What a run recorded, read back for a results page: every protocol fact printed comes from here.
 
 A training run's ``log.jsonl`` (its header's config, its ``data`` event, its last ``epoch`` and
-``checkpoint`` events), the manifest of the shard set it read, and a probe's ``probe.json``. Nothing is
-assumed: a fact that was not recorded prints as "not recorded".
+``checkpoint`` events), its checkpoint, the manifest of the shard set it read, a probe's ``probe.json``
+and a top-1 evaluation's JSON. Nothing is assumed: a fact that was not recorded prints as "not recorded".
 """
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ class TrainFacts:
     seconds: float = 0.0
     git: str = ""
     precision: str = NOT_RECORDED
+    capped: bool = False        # the wall-clock safety net stopped it
+
+    @property
+    def planned(self) -> int:
+        """The steps it was budgeted (0: none recorded)."""
+        return int(self.config.get("max_steps") or 0)
+
+    @property
+    def short(self) -> bool:
+        """Stopped by the time cap before its planned steps: not comparable with full rows."""
+        return self.capped and self.planned > 0 and self.steps < self.planned
 
 
 def precision_of(head: dict[str, Any]) -> str:
@@ -63,7 +74,7 @@ def train_facts(run_dir: str) -> TrainFacts | None:
                       manifest_config=_manifest_config(head.get("config", {}).get("shards", "")),
                       steps=int(ck.get("step", 0)), epochs_done=int(ck.get("epochs_done", 0)),
                       seconds=float(ep.get("train_seconds", 0.0)), git=str(head.get("git", ""))[:7],
-                      precision=precision_of(head))
+                      precision=precision_of(head), capped=bool(last("time_budget")))
 
 
 def _manifest_config(shards: str) -> dict[str, Any]:
@@ -82,7 +93,7 @@ def trained_on(f: TrainFacts) -> str:
     if not d:
         return NOT_RECORDED
     src = ", ".join(str(s.get("name", "?")) for s in d.get("sources", []))
-    if m.get("kind") == "imagefolder":
+    if packed(m):
         return f"{src}: {d['count']:,} images of {d['size']} px, packed unchanged (`augment pack`), no labels"
     augs = [a for a in ("scale", "rotation", "jitter") if m.get(a)]
     recipe = m.get("recipe", "paper")
@@ -91,16 +102,47 @@ def trained_on(f: TrainFacts) -> str:
 
 
 def budget(f: TrainFacts) -> str:
-    """The stop rule the run was given: its time budget, step limit and epoch count."""
+    """The stop rule the run was given: its step budget, epoch count and wall-clock cap."""
     c = f.config
     parts = []
-    if c.get("time_budget"):
-        parts.append(f"{c['time_budget']:g} s")
     if c.get("max_steps"):
         parts.append(f"{c['max_steps']:,} steps")
     if isinstance(c.get("epochs"), int):
         parts.append(f"at most {c['epochs']:,} epochs")
+    if c.get("time_budget"):
+        parts.append(f"cap {c['time_budget']:g} s")
     return ", ".join(parts) or NOT_RECORDED
+
+
+def reached(f: TrainFacts | None) -> str:
+    """The steps a run reached, and a warning when the time cap stopped it short of its budget."""
+    if f is None:
+        return NOT_RECORDED
+    unit = "generator step" if f.method in ("monogan", "bigan") else "step"
+    n = f"{f.steps:,} {unit}{'' if f.steps == 1 else 's'}"
+    if f.short:
+        return f"stopped by the time cap at {f.steps:,} of {f.planned:,} steps — not comparable"
+    return n
+
+
+def packed(manifest_config: dict[str, Any]) -> bool:
+    """A set made by ``augment pack``: a dataset's images unchanged, not patches of one image."""
+    return manifest_config.get("kind") in ("imagefolder", "packed")
+
+
+def is_single_image(checkpoint: dict[str, Any]) -> bool:
+    """Did this checkpoint's encoder learn from one image? True only for a run on a rendered set of
+    exactly one source image; a packed dataset (``augment pack``) is a dataset, whatever its sources say."""
+    shards = (checkpoint.get("config") or {}).get("shards")
+    path = os.path.join(shards, "manifest.json") if shards else ""
+    if not path or not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return not packed(m.get("config", {})) and m.get("kind", "rendered") == "rendered" and len(m.get("sources", [])) == 1
 
 
 def probe_facts(result_dir: str) -> dict[str, Any] | None:
@@ -141,3 +183,42 @@ def _schedule(config: dict[str, Any], resolved: dict[str, Any]) -> str:
     changes = [f"x{b / a:.3g} from epoch {e + 1}" for e, (a, b) in enumerate(zip(lrs, lrs[1:]), 1) if a and b != a]
     return (f"{config.get('schedule', '?')}: lr {lrs[0]:g}, {', '.join(changes) or 'constant'} "
             f"(epochs counted from 1); last {lrs[-1]:.3g}")
+
+
+def layer_accuracies(result_dir: str, layers: list[str]) -> list[float | None]:
+    """Top-1 (%) per layer from a probe's ``probe.json`` (its final-epoch accuracy, as the paper reports)."""
+    top1 = (probe_facts(result_dir) or {}).get("top1", {})
+    return [None if top1.get(layer) is None else float(top1[layer]) for layer in layers]
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON file's object, or {} when it is absent or unreadable (a step that has not finished)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_data(run_dir: str) -> dict[str, Any]:
+    """The ``data`` event of a run's log (classes, train / eval counts), or {}."""
+    return next((r for r in read_jsonl(os.path.join(run_dir, "log.jsonl")) if r.get("event") == "data"), {})
+
+
+def run_facts(run_dir: str) -> dict[str, Any] | None:
+    """A retraining run's configuration (its log header), data counts, network and the steps its checkpoint
+    reached, and what stopped it."""
+    from train.checkpoint import load_checkpoint
+
+    rows = read_jsonl(os.path.join(run_dir, "log.jsonl"))
+    ck_path = os.path.join(run_dir, "checkpoint.pt")
+    if not rows or not os.path.isfile(ck_path):
+        return None
+    header, ck, data = rows[0], load_checkpoint(ck_path), run_data(run_dir)
+    conf, steps, train = header.get("config", {}), ck.get("step", 0), data.get("train")
+    stopped = ("steps" if conf.get("max_steps") and steps >= conf["max_steps"]
+               else "time cap" if (ck.get("extra") or {}).get("time_budget_reached") else "epochs")
+    return {"config": conf, "train": train, "eval": data.get("eval"), "classes": data.get("classes"),
+            "steps": steps, "train_seconds": ck.get("train_seconds", 0.0), "stopped": stopped,
+            "epochs": steps * conf.get("batch_size", 0) / train if train else None,
+            "spec": ck.get("encoder_spec", {}), "precision": precision_of(header)}

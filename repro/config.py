@@ -1,0 +1,158 @@
+"""The pipelines' configs: frozen dataclasses, the only source of their defaults (the options come from them).
+
+Budgets are in steps: every trained row trains ``--steps`` optimisation steps (0: the method's default in
+``STEPS``, chosen so that each page's pipeline fits an hour on an idle 2-core CPU), and every schedule runs
+over those steps (``train.schedules``). A wall-clock cap stays as a safety net only: a row it stops before
+its steps is marked on the page as not comparable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import click
+
+from train.config import option, params
+
+# Per-method step budgets for this machine class (2 cores, bf16 where native, batch 64): MonoGAN counts
+# generator steps (each after --n-critic critic batches), as gan_cifar.py counts them.
+STEPS = {"monogan": 300, "supervised": 600, "rotnet": 500, "simclr": 300, "dino": 200}
+# --methods: the modern methods on the Image B set, on the small encoder; sizes chosen for a CPU budget
+# of minutes (recorded in every run's log).
+EXTRA_METHODS = {
+    "simclr": ("SimCLR (Image B)", ("train.simclr", "--arch", "small", "--proj-hidden", "512")),
+    "dino": ("DINO (Image B)", ("train.dino", "--arch", "small", "--local-crops", "2", "--out-dim", "4096",
+                                "--hidden", "512", "--bottleneck", "128")),
+}
+ABLATION_METHODS = ("monogan", "rotnet")
+
+
+@dataclass(frozen=True)
+class ReproConfig:
+    """Tables 3 and 1 at reduced scale (``python -m repro table3|table1``)."""
+
+    UNUSED: ClassVar[tuple[str, ...]] = ()
+
+    images: str = option("../shared/data/images", "Folder with the paper's images (animals.png = Image B). Env: IMAGES.")
+    cifar: str = option("../shared/data/cifar10-jpg.tar.gz", "CIFAR-10 JPEG tarball or ImageFolder with train/ and "
+                        "test/. Env: CIFAR.")
+    image: str = option("B", "Source image: B (the paper's, looked up in --images) or an image file.")
+    work: str = option("runs/repro-cpu", "Working folder (re-running resumes; a changed option is refused).")
+    out: str = option("docs/results/table3.md", "Table 3's page (its plot beside it).")
+    count: int = option(50_000, "D, the number of rendered patches.", lo=1)
+    steps: int = option(0, "Step budget of every trained row (0: each method's default: "
+                        + ", ".join(f"{k} {v}" for k, v in STEPS.items()) + ").", lo=0)
+    seeds: int = option(2, "Training seeds per row (the readings' yardstick; 1: no direction is claimed).", lo=1)
+    train_minutes: float = option(30.0, "Safety net: a wall-clock cap per trained row (0: none); a row it stops "
+                                  "before its steps is marked not comparable.", lo=0)
+    monogan_steps: int = option(0, "MonoGAN's generator-step budget (0: --steps or its default).", lo=0)
+    full_schedules: bool = option(False, "Supervised and RotNet train their own --epochs schedules instead of the "
+                                  "step budget (the GPU reproduction).")
+    ablation: bool = option(False, "Also Table 1: eight augmentation cells and a seed pair.")
+    ablation_method: str = option("monogan", "The method trained on every Table 1 cell (the paper's: monogan).",
+                                  choices=ABLATION_METHODS)
+    ablation_steps: int = option(0, "Step budget of each Table 1 cell (0: the method's default).", lo=0)
+    ablation_minutes: float = option(30.0, "Safety net: a wall-clock cap per Table 1 cell (0: none).", lo=0)
+    ablation_out: str = option("docs/results/ablation.md", "Table 1's page (ablation.png beside it).")
+    probe_epochs: int = option(12, "Linear-probe epochs (the paper's 36 with --probe-epochs 36; the schedule's "
+                               "milestones scale with it).", lo=1)
+    probe_jobs: int = option(2, "Layers probed in parallel processes (same results, faster on 2 cores).", lo=1)
+    schedule: str = option("paper", "Probe lr schedule.", choices=("paper", "released"))
+    batch_size: int = option(64, "Batch size of every trained row.", lo=1)
+    workers: int = option(1, "Loader workers of every command.", lo=0)
+    seed: int = option(0, "First seed; a row's seeds are seed, seed + 1, ...", lo=0)
+    rotnet: bool = option(True, "The RotNet rows (CIFAR-10 train, and the Image B set).")
+    methods: tuple[str, ...] = option((), "Extra rows on the Image B set, comma-separated: "
+                                      + ", ".join(EXTRA_METHODS) + ".")
+    device: str = option("cpu", "Device of every command.")
+    amp: str = option("on", "--amp of every train and probe command: on = bf16 where the CPU has it natively; "
+                      "default = each command's own (fp32 on the CPU).", choices=("default", "cuda", "on", "off"))
+    channels_last: bool = option(True, "Train with --channels-last.")
+    finetune: bool = option(False, "Then Tables 4 and 5 and Figs. 3 and 5 from this run's checkpoints.")
+    finetune_out: str = option("docs/results/finetune.md", "The Tables 4 and 5 page (figures beside it).")
+
+    def __post_init__(self):
+        if unknown := [m for m in self.methods if m not in EXTRA_METHODS]:
+            raise click.BadParameter(f"{', '.join(unknown)}: not a method here; use {', '.join(EXTRA_METHODS)}",
+                                     param_hint="--methods")
+
+    def steps_for(self, method: str) -> int:
+        """The step budget of a row of ``method``."""
+        if method == "monogan" and self.monogan_steps:
+            return self.monogan_steps
+        return self.steps or STEPS[method]
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + k for k in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Tables 4 and 5 and Figs. 3 and 5 at reduced scale (``python -m repro table45``)."""
+
+    UNUSED: ClassVar[tuple[str, ...]] = ()
+
+    images: str = option("../shared/data/images", "Folder with the paper's images (Fig. 3's content and style). "
+                         "Env: IMAGES.")
+    cifar: str = option("../shared/data/cifar10-jpg.tar.gz", "CIFAR-10 JPEG tarball or ImageFolder. Env: CIFAR.")
+    work: str = option("runs/repro-cpu", "Working folder, shared with Table 3's (resumable).")
+    out: str = option("docs/results/finetune.md", "Results page (figures beside it).")
+    checkpoints: tuple[str, ...] = option((), "A model to take conv1-2 from, as LABEL=PATH (repeatable; one seed). "
+                                          "Default: Table 3's runs in --work, every seed.", name="checkpoint")
+    supervised: str = option("", "Full sup. checkpoint (one seed). Default: Table 3's.")
+    random: str = option("", "Random checkpoint (one seed). Default: Table 3's.")
+    retrain_steps: int = option(500, "Table 4: steps of each retraining.", lo=1)
+    retrain_minutes: float = option(10.0, "Safety net: wall-clock cap per Table 4 row (0: none).", lo=0)
+    scattering_minutes: float = option(20.0, "Safety net for the Scattering row (slower steps).", lo=0)
+    finetune_steps: int = option(500, "Table 5: steps of each fine-tuning.", lo=1)
+    finetune_minutes: float = option(10.0, "Safety net: wall-clock cap per Table 5 row (0: none).", lo=0)
+    seeds: int = option(2, "Seeds per row: seed k retrains from the source's seed k where it has one.", lo=1)
+    adapter_control: bool = option(True, "Table 4: a Random row with Scattering's trainable 1x1 adapter, which "
+                                   "measures what the adapter alone adds.")
+    probe_epochs: int = option(12, "Table 5's linear-probe epochs.", lo=1)
+    probe_jobs: int = option(2, "Layers probed in parallel processes.", lo=1)
+    schedule: str = option("paper", "Probe lr schedule.", choices=("paper", "released"))
+    batch_size: int = option(64, "Batch size of every retraining.", lo=1)
+    workers: int = option(1, "Loader workers of every command.", lo=0)
+    seed: int = option(0, "First seed.", lo=0)
+    spec_controls: bool = option(True, "Random / from-scratch rows with each single-image model's network.")
+    figures: bool = option(True, "Fig. 3 and Fig. 5.")
+    content: str = option("ameyoko.jpg", "Fig. 3 content (Image A), in --images or a path.")
+    style: str = option("animals.png", "Fig. 3 style (Image B), in --images or a path.")
+    style_steps: int = option(150, "Fig. 3: L-BFGS evaluations.", lo=1)
+    style_size: int = option(160, "Fig. 3: image side.", lo=16)
+    maximize_steps: int = option(128, "Fig. 5: activation-maximisation steps.", lo=1)
+    maximize_size: int = option(64, "Fig. 5: image side.", lo=16)
+    device: str = option("cpu", "Device of every command.")
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + k for k in range(self.seeds)]
+
+    def parsed_checkpoints(self) -> list[tuple[str, str]]:
+        """(label, path) of every ``--checkpoints`` entry; a malformed or repeated one is one error."""
+        out = []
+        for text in self.checkpoints:
+            label, sep, path = text.partition("=")
+            if not sep or not label.strip() or not path.strip():
+                raise click.BadParameter(f"{text!r}: give LABEL=PATH, e.g. 'MonoGAN=runs/monogan/checkpoint.pt'",
+                                         param_hint="--checkpoint")
+            out.append((label.strip(), path.strip()))
+        labels = [label for label, _ in out]
+        if len(set(labels)) != len(labels):
+            raise click.BadParameter(f"the label {next(l for l in labels if labels.count(l) > 1)!r} is given twice; "
+                                     f"give each model its own label", param_hint="--checkpoint")
+        return out
+
+
+ENV = {"images": "IMAGES", "cifar": "CIFAR"}
+
+
+def options(cls: type) -> list[click.Option]:
+    """The click options of a pipeline config (``--images`` and ``--cifar`` also read IMAGES and CIFAR)."""
+    out = params(cls)
+    for i, p in enumerate(out):
+        if p.name in ENV:
+            p.envvar = ENV[p.name]
+        if p.name == "checkpoints":     # repeatable: a label may hold a comma
+            out[i] = click.Option(["--checkpoint", "checkpoints"], multiple=True, metavar="LABEL=PATH", help=p.help)
+    return out
