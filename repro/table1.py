@@ -70,7 +70,7 @@ def plan(cfg: ReproConfig, data: str) -> list[Step]:
     steps = [table3.render_step(cfg, "render Image B", table3.image_set(cfg))]
     steps += [table3.render_step(cfg, f"render {cell_label(k)}", set_dir(cfg, k), *flags)
               for k, flags in CELLS.items() if k != "j"]
-    budget = cfg.ablation_steps or cfg.steps_for(cfg.ablation_method)
+    budget = cfg.ablation_budget()
     name = METHOD_NAMES[cfg.ablation_method]
     for key in CELLS:
         for seed in cell_seeds(cfg, key):
@@ -222,7 +222,7 @@ def write_page(cfg: ReproConfig, recs: dict[str, dict]) -> list[Cell]:
               for s in cell_seeds(cfg, k)}
     parts = report.header("Table 1 at reduced scale on the CPU", "`make repro-ablation-cpu` (`python -m repro table1`)",
                           [cfg.seed, cfg.seed + 1])
-    parts += [f"Method on every cell: **{name}** ({why}), {cfg.ablation_steps or cfg.steps_for(cfg.ablation_method):,} "
+    parts += [f"Method on every cell: **{name}** ({why}), {cfg.ablation_budget():,} "
               f"steps per cell. Cells (c)-(i) train seed {cfg.seed}; cell (j) seeds {cfg.seed} and {cfg.seed + 1}; "
               f"(a) and (b) are Table 3's rows from the same work folder (every seed it ran).\n",
               "## Table 1 (CIFAR-10 linear probes)\n", table(cs) if cs else "_no cell has finished yet_\n",
