@@ -32,21 +32,40 @@ ABLATION_METHODS = ("monogan", "rotnet")
 
 
 @dataclass(frozen=True)
-class ReproConfig:
-    """Tables 3 and 1 at reduced scale (``python -m repro table3|table1``)."""
+class PipelineConfig:
+    """What every pipeline shares: its data, work folder, seeds, probes and the commands' common options."""
 
     UNUSED: ClassVar[tuple[str, ...]] = ()
 
-    images: str = option("../shared/data/images", "Folder with the paper's images (animals.png = Image B). Env: IMAGES.")
+    images: str = option("../shared/data/images", "Folder with the paper's images (animals.png = Image B, "
+                         "ameyoko.jpg = Image A). Env: IMAGES.")
     cifar: str = option("../shared/data/cifar10-jpg.tar.gz", "CIFAR-10 JPEG tarball or ImageFolder with train/ and "
                         "test/. Env: CIFAR.")
+    work: str = option("runs/repro-cpu", "Working folder, shared by the pipelines (re-running resumes; a changed "
+                       "option is refused).")
+    seeds: int = option(2, "Training seeds per row (the readings' yardstick; 1: no direction is claimed).", lo=1)
+    seed: int = option(0, "First seed; a row's seeds are seed, seed + 1, ...", lo=0)
+    probe_epochs: int = option(12, "Linear-probe epochs (the paper's 36 with --probe-epochs 36; the schedule's "
+                               "milestones scale with it).", lo=1)
+    probe_jobs: int = option(2, "Layers probed in parallel processes (same results, faster on 2 cores).", lo=1)
+    schedule: str = option("paper", "Probe lr schedule.", choices=("paper", "released"))
+    batch_size: int = option(64, "Batch size of every trained row.", lo=1)
+    workers: int = option(1, "Loader workers of every command.", lo=0)
+    device: str = option("cpu", "Device of every command.")
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + k for k in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class ReproConfig(PipelineConfig):
+    """Tables 3 and 1 at reduced scale (``python -m repro table3|table1``)."""
+
     image: str = option("B", "Source image: B (the paper's, looked up in --images) or an image file.")
-    work: str = option("runs/repro-cpu", "Working folder (re-running resumes; a changed option is refused).")
     out: str = option("docs/results/table3.md", "Table 3's page (its plot beside it).")
     count: int = option(50_000, "D, the number of rendered patches.", lo=1)
     steps: int = option(0, "Step budget of every trained row (0: each method's default: "
                         + ", ".join(f"{k} {v}" for k, v in STEPS.items()) + ").", lo=0)
-    seeds: int = option(2, "Training seeds per row (the readings' yardstick; 1: no direction is claimed).", lo=1)
     train_minutes: float = option(30.0, "Safety net: a wall-clock cap per trained row (0: none); a row it stops "
                                   "before its steps is marked not comparable.", lo=0)
     monogan_steps: int = option(0, "MonoGAN's generator-step budget (0: --steps or its default).", lo=0)
@@ -59,17 +78,9 @@ class ReproConfig:
                                  + ", ".join(f"{k} {v}" for k, v in ABLATION_STEPS.items()) + ").", lo=0)
     ablation_minutes: float = option(30.0, "Safety net: a wall-clock cap per Table 1 cell (0: none).", lo=0)
     ablation_out: str = option("docs/results/ablation.md", "Table 1's page (ablation.png beside it).")
-    probe_epochs: int = option(12, "Linear-probe epochs (the paper's 36 with --probe-epochs 36; the schedule's "
-                               "milestones scale with it).", lo=1)
-    probe_jobs: int = option(2, "Layers probed in parallel processes (same results, faster on 2 cores).", lo=1)
-    schedule: str = option("paper", "Probe lr schedule.", choices=("paper", "released"))
-    batch_size: int = option(64, "Batch size of every trained row.", lo=1)
-    workers: int = option(1, "Loader workers of every command.", lo=0)
-    seed: int = option(0, "First seed; a row's seeds are seed, seed + 1, ...", lo=0)
     rotnet: bool = option(True, "The RotNet rows (CIFAR-10 train, and the Image B set).")
     methods: tuple[str, ...] = option((), "Extra rows on the Image B set, comma-separated: "
                                       + ", ".join(EXTRA_METHODS) + ".")
-    device: str = option("cpu", "Device of every command.")
     amp: str = option("on", "--amp of every train and probe command: on = bf16 where the CPU has it natively; "
                       "default = each command's own (fp32 on the CPU).", choices=("default", "cuda", "on", "off"))
     channels_last: bool = option(True, "Train with --channels-last.")
@@ -91,20 +102,11 @@ class ReproConfig:
         """The step budget of each Table 1 cell."""
         return self.ablation_steps or ABLATION_STEPS[self.ablation_method]
 
-    def seed_list(self) -> list[int]:
-        return [self.seed + k for k in range(self.seeds)]
-
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(PipelineConfig):
     """Tables 4 and 5 and Figs. 3 and 5 at reduced scale (``python -m repro table45``)."""
 
-    UNUSED: ClassVar[tuple[str, ...]] = ()
-
-    images: str = option("../shared/data/images", "Folder with the paper's images (Fig. 3's content and style). "
-                         "Env: IMAGES.")
-    cifar: str = option("../shared/data/cifar10-jpg.tar.gz", "CIFAR-10 JPEG tarball or ImageFolder. Env: CIFAR.")
-    work: str = option("runs/repro-cpu", "Working folder, shared with Table 3's (resumable).")
     out: str = option("docs/results/finetune.md", "Results page (figures beside it).")
     checkpoints: tuple[str, ...] = option((), "A model to take conv1-2 from, as LABEL=PATH (repeatable; one seed). "
                                           "Default: Table 3's runs in --work, every seed.", name="checkpoint")
@@ -115,15 +117,8 @@ class FinetuneConfig:
     scattering_minutes: float = option(20.0, "Safety net for the Scattering row (slower steps).", lo=0)
     finetune_steps: int = option(500, "Table 5: steps of each fine-tuning.", lo=1)
     finetune_minutes: float = option(10.0, "Safety net: wall-clock cap per Table 5 row (0: none).", lo=0)
-    seeds: int = option(2, "Seeds per row: seed k retrains from the source's seed k where it has one.", lo=1)
     adapter_control: bool = option(True, "Table 4: a Random row with Scattering's trainable 1x1 adapter, which "
                                    "measures what the adapter alone adds.")
-    probe_epochs: int = option(12, "Table 5's linear-probe epochs.", lo=1)
-    probe_jobs: int = option(2, "Layers probed in parallel processes.", lo=1)
-    schedule: str = option("paper", "Probe lr schedule.", choices=("paper", "released"))
-    batch_size: int = option(64, "Batch size of every retraining.", lo=1)
-    workers: int = option(1, "Loader workers of every command.", lo=0)
-    seed: int = option(0, "First seed.", lo=0)
     spec_controls: bool = option(True, "Random / from-scratch rows with each single-image model's network.")
     figures: bool = option(True, "Fig. 3 and Fig. 5.")
     content: str = option("ameyoko.jpg", "Fig. 3 content (Image A), in --images or a path.")
@@ -132,10 +127,6 @@ class FinetuneConfig:
     style_size: int = option(160, "Fig. 3: image side.", lo=16)
     maximize_steps: int = option(128, "Fig. 5: activation-maximisation steps.", lo=1)
     maximize_size: int = option(64, "Fig. 5: image side.", lo=16)
-    device: str = option("cpu", "Device of every command.")
-
-    def seed_list(self) -> list[int]:
-        return [self.seed + k for k in range(self.seeds)]
 
     def parsed_checkpoints(self) -> list[tuple[str, str]]:
         """(label, path) of every ``--checkpoints`` entry; a malformed or repeated one is one error."""

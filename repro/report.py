@@ -85,6 +85,12 @@ def time_table(recs: dict[str, dict]) -> str:
             + f"| **total** | **{total:.0f}** ({total / 60:.1f} min) | | |\n")
 
 
+def footer(runs: list[tuple[str, str]], probes: dict[str, dict | None], recs: dict[str, dict], cfg: Any) -> list[str]:
+    """The sections every Table 3 / Table 1 page ends with: what each run trained, the probes, Time, Configuration."""
+    return ["## What each run trained\n", training_table(runs, probes), "## The probes\n", probes_table(probes),
+            "## Time\n", time_table(recs), "## Configuration\n", configuration(cfg)]
+
+
 def configuration(cfg: Any) -> str:
     return "```json\n" + json.dumps(asdict(cfg), indent=1, sort_keys=True) + "\n```\n"
 

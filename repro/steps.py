@@ -14,7 +14,7 @@ import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import click
 
@@ -109,6 +109,18 @@ def run_plan(work: str, steps: list[Step], images: str = "",
         if after is not None:
             after(s, records)
     return records
+
+
+def run_with_page(work: str, steps: list[Step], images: str, write: Callable[[dict[str, dict]], Any],
+                  refresh: tuple[str, ...] = ("probe",), first: dict[str, dict] | None = None) -> Any:
+    """Run (or resume) a plan, rewriting its page after every step whose name starts with ``refresh`` (the page
+    follows the results as they come); returns what the last ``write`` returns. ``first``: records of work
+    done before the plan (written in process)."""
+    def after(step: Step, recs: dict[str, dict]) -> None:
+        if step.name.startswith(refresh):
+            write((first or {}) | recs)
+
+    return write((first or {}) | run_plan(work, steps, images, after))
 
 
 def cifar_root(cifar: str, work: str) -> str:

@@ -15,7 +15,7 @@ from probe.paper import LAYERS as PAPER_LAYERS, TABLE1
 from repro import records, report, table3
 from repro.config import ReproConfig
 from repro.stats import Spread, spread
-from repro.steps import Step, cifar_root, run_plan
+from repro.steps import Step, cifar_root, run_with_page
 
 LAYERS = PAPER_LAYERS["table1"]
 AUGMENTATIONS = ("scale", "rotation", "jitter")
@@ -230,9 +230,7 @@ def write_page(cfg: ReproConfig, recs: dict[str, dict]) -> list[Cell]:
               "## Main effect of each augmentation\n",
               effects_table(effects, seed_gap(cs)) if effects else "_not every cell has finished_\n",
               "## Reading\n", "\n".join(lines) + "\n",
-              "## What each run trained\n", report.training_table(key_runs, probes),
-              "## The probes\n", report.probes_table(probes),
-              "## Time\n", report.time_table(recs), "## Configuration\n", report.configuration(cfg)]
+              *report.footer(key_runs, probes, recs, cfg)]
     report.write_page(cfg.ablation_out, parts)
     if cs:
         plot(cs, png)
@@ -241,11 +239,5 @@ def write_page(cfg: ReproConfig, recs: dict[str, dict]) -> list[Cell]:
 
 def run(cfg: ReproConfig) -> list[Cell]:
     """Run (or resume) Table 1's plan, refreshing the page after every probe; returns the cells."""
-    data = cifar_root(cfg.cifar, cfg.work)
-
-    def refresh(step: Step, recs: dict[str, dict]) -> None:
-        if step.name.startswith("probe"):
-            write_page(cfg, recs)
-
-    recs = run_plan(cfg.work, plan(cfg, data), cfg.images, refresh)
-    return write_page(cfg, recs)
+    return run_with_page(cfg.work, plan(cfg, cifar_root(cfg.cifar, cfg.work)), cfg.images,
+                         lambda recs: write_page(cfg, recs))

@@ -17,7 +17,7 @@ from probe.paper import LAYERS as PAPER_LAYERS, TABLE3
 from repro import records, report
 from repro.config import EXTRA_METHODS, ReproConfig
 from repro.stats import ABOVE, BELOW, Spread, direction, per_layer
-from repro.steps import Step, cifar_root, run_plan, slug
+from repro.steps import Step, cifar_root, run_with_page, slug
 
 LAYERS = PAPER_LAYERS["table3"]
 SUPERVISED, RANDOM, MONOGAN = "Fully supervised (CIFAR-10)", "Random", "MonoGAN (Image B)"
@@ -284,9 +284,7 @@ def write_page(cfg: ReproConfig, recs: dict[str, dict]) -> list[Row]:
               table(rs) if rs else "_no probe has finished yet_\n",
               f"![Table 3]({os.path.basename(png)})\n" if rs else "",
               "## Reading\n", "\n".join(readings(cfg, rs)) + "\n",
-              "## What each run trained\n", report.training_table(runs, probes),
-              "## The probes\n", report.probes_table(probes),
-              "## Time\n", report.time_table(recs), "## Configuration\n", report.configuration(cfg)]
+              *report.footer(runs, probes, recs, cfg)]
     report.write_page(cfg.out, parts)
     if rs:
         plot(rs, png)
@@ -295,11 +293,5 @@ def write_page(cfg: ReproConfig, recs: dict[str, dict]) -> list[Row]:
 
 def run(cfg: ReproConfig) -> list[Row]:
     """Run (or resume) Table 3's plan, refreshing the page after every probe; returns the rows."""
-    data = cifar_root(cfg.cifar, cfg.work)
-
-    def refresh(step: Step, recs: dict[str, dict]) -> None:
-        if step.name.startswith("probe"):
-            write_page(cfg, recs)
-
-    recs = run_plan(cfg.work, plan(cfg, data), cfg.images, refresh)
-    return write_page(cfg, recs)
+    return run_with_page(cfg.work, plan(cfg, cifar_root(cfg.cifar, cfg.work)), cfg.images,
+                         lambda recs: write_page(cfg, recs))

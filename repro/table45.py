@@ -29,7 +29,7 @@ from probe.paper import TABLE4, TABLE5
 from repro import figures, records, report, table3
 from repro.config import FinetuneConfig, ReproConfig
 from repro.stats import Spread, direction, per_layer, spread
-from repro.steps import Step, cifar_root, commit, run_plan, slug
+from repro.steps import Step, cifar_root, commit, run_with_page, slug
 
 LAYERS5 = ["conv1", "conv2", "conv3", "conv4", "conv5"]     # the paper's Table 5 columns
 BLOCKS = "conv1,conv2"
@@ -593,10 +593,5 @@ def run(cfg: FinetuneConfig, trained_by: ReproConfig | None = None) -> tuple[lis
     """Run (or resume) both tables and the figures, and write the results page; returns the rows measured."""
     plan, controls = prepare_plan(cfg, trained_by)
     first = {f"init {c.label}": write_control(c, cfg.seed_list()) for c in controls}
-
-    def refresh(step: Step, recs: dict[str, dict]) -> None:
-        if step.name.startswith(("table4 top-1", "table5 probe")):   # the page follows the results as they come
-            write_results(cfg, plan, first | recs)
-
-    recs = run_plan(cfg.work, plan.steps, cfg.images, refresh)
-    return write_results(cfg, plan, first | recs)
+    return run_with_page(cfg.work, plan.steps, cfg.images, lambda recs: write_results(cfg, plan, recs),
+                         ("table4 top-1", "table5 probe"), first)

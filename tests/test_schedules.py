@@ -40,3 +40,23 @@ def test_milestones_keep_their_fraction_of_the_run():
 
 def test_progress_is_clamped():
     assert progress(0, 10) == 0 and progress(9, 10) == 1 and progress(50, 10) == 1 and progress(3, 1) == 1
+
+
+def test_a_step_budgeted_run_ends_its_lr_milestones_at_the_last_step(tmp_path):
+    """RotNet's milestones 15/30/45 of 50 epochs fall at 30/60/90 % of a 6-step budget: the last step runs at
+    lr x gamma^3, the schedule's end value, though the run is far shorter than 50 epochs."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tests.toyset import make_toy_set
+    from train import rotnet
+
+    shards = make_toy_set(str(tmp_path / "set"), count=32, size=32, per_shard=16)
+    r = CliRunner().invoke(rotnet.cli, ["--shards", shards, "--arch", "small", "--crop", "28", "--batch-size", "4",
+                                        "--workers", "0", "--device", "cpu", "--max-steps", "6", "--log-every", "1",
+                                        "--eval-batches", "0", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "run" / "log.jsonl") as f:
+        lrs = [rec["lr"] for rec in map(json.loads, f) if rec.get("event") == "train"]
+    assert lrs == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-5])
