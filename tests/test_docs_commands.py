@@ -2,7 +2,7 @@
 
 Reads every fenced code block and inline code span of README.md and docs/*.md. A ``python -m X ...`` (or
 ``torchrun ... -m X ...``) of the project's own packages must name a command that exists (with its
-subcommand, for the groups ``augment`` and ``probe.figures``), and each ``--option`` on that line must be
+subcommand, for the groups ``augment``, ``probe.figures`` and ``repro``), and each ``--option`` on that line must be
 one of that command's options. Any other ``--option`` in code must be an option of some project command,
 unless it is one of the few names below that belong to other programs or stand for prose.
 """
@@ -17,7 +17,7 @@ import click
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("augment", "train", "probe")
+PACKAGES = ("augment", "train", "probe", "repro")
 # Options that docs name but that are no project command's: other programs' flags (the released code
 # bases, torchrun, pytest, pip) quoted as what they are.
 OTHER_PROGRAMS = {
