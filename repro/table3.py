@@ -207,14 +207,15 @@ def readings(cfg: ReproConfig, rs: list[Row]) -> list[str]:
     for r in rs:
         if not r.spec.single_image:
             continue
-        if rand is not None:
-            line = f"- {r.label} vs Random: {compare(r, rand, range(len(LAYERS)))}"
+        for other, key in ((rand, "random"), (sup, "supervised")):
+            if other is None:
+                continue
+            line = f"- {r.label} vs {other.label}: {compare(r, other, range(len(LAYERS)))}"
             if r.paper is not None:
-                pr = TABLE3["random"].columns["cifar10"]
-                line += "; paper: " + ", ".join(f"{LAYERS[i]} {paper_direction(r.paper, pr, i)}" for i in range(2))
+                theirs = TABLE3[key].columns["cifar10"]
+                line += "; the paper's rows: " + ", ".join(f"{LAYERS[i]} {paper_direction(r.paper, theirs, i)}"
+                                                          for i in range(len(LAYERS)))
             out.append(line + ".")
-        if sup is not None:
-            out.append(f"- {r.label} vs {SUPERVISED}: {compare(r, sup, range(len(LAYERS)))}.")
     rc, rb = by.get(ROTNET_CIFAR), by.get(ROTNET_B.replace("Image B", source_name(cfg)))
     if rc is not None and rb is not None:
         out.append(f"- {rb.label} vs the full-data {rc.label}: {compare(rb, rc, range(len(LAYERS)))}.")
