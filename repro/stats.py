@@ -66,7 +66,7 @@ def direction(a: Spread | None, b: Spread | None) -> str | None:
 
 def difference(a: Spread, b: Spread) -> str:
     """``+1.3 (above)``: the difference of the means and what the seeds allow it to say."""
-    return f"{a.mean - b.mean + 0.0:+.1f} ({direction(a, b)})"
+    return f"{round(a.mean - b.mean, 1) + 0.0:+.1f} ({direction(a, b)})"
 
 
 def per_layer(rows: Sequence[Sequence[float | None]]) -> list[Spread | None]:

@@ -126,8 +126,8 @@ def main_effects(values: dict[str, list[float | None]]) -> dict[str, list[float]
 def effect_reading(effect: float, gap: float | None) -> str:
     """``+3.1 (up)``: a main effect and whether it exceeds one cell's seed gap (the conservative yardstick)."""
     if gap is None:
-        return f"{effect + 0.0:+.1f} (no seed pair: no direction claimed)"
-    return f"{effect + 0.0:+.1f} ({'up' if effect > gap else 'down' if effect < -gap else 'within the seed spread'})"
+        return f"{round(effect, 1) + 0.0:+.1f} (no seed pair: no direction claimed)"
+    return f"{round(effect, 1) + 0.0:+.1f} ({'up' if effect > gap else 'down' if effect < -gap else 'within the seed spread'})"
 
 
 def readings(cfg: ReproConfig, cs: list[Cell]) -> tuple[list[str], dict[str, list[float]] | None]:

@@ -189,7 +189,7 @@ def compare(a: Row, b: Row, layers: range) -> str:
     for i in layers:
         x, y = a.layers[i], b.layers[i]
         if x is not None and y is not None:
-            parts.append(f"{LAYERS[i]} {x.mean - y.mean + 0.0:+.1f} ({direction(x, y)})")
+            parts.append(f"{LAYERS[i]} {round(x.mean - y.mean, 1) + 0.0:+.1f} ({direction(x, y)})")
     return ", ".join(parts)
 
 

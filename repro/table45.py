@@ -416,7 +416,7 @@ def table5_md(m5: list[Measured]) -> str:
 
 
 def vs(a: Spread, b: Spread) -> str:
-    return f"{a.mean - b.mean + 0.0:+.1f} ({direction(a, b)})"
+    return f"{round(a.mean - b.mean, 1) + 0.0:+.1f} ({direction(a, b)})"
 
 
 def reading4(m4: list[Measured]) -> list[str]:
