@@ -24,7 +24,7 @@ ABLATION_STEPS = {"monogan": 250, "rotnet": 1000}
 # --methods: the modern methods on the Image B set, on the small encoder; sizes chosen for a CPU budget
 # of minutes (recorded in every run's log).
 EXTRA_METHODS = {
-    "simclr": ("SimCLR (Image B)", ("train.simclr", "--arch", "small", "--proj-hidden", "512")),
+    "simclr": ("SimCLR (Image B)", ("train.simclr", "--arch", "small")),
     "dino": ("DINO (Image B)", ("train.dino", "--arch", "small", "--local-crops", "2", "--out-dim", "4096",
                                 "--hidden", "512", "--bottleneck", "128")),
 }

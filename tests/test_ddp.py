@@ -54,3 +54,97 @@ def test_two_cpu_ranks_train_in_step(tmp_path):
     assert ck["step"] == 5 and ck["epoch"] == 1
     with open(out / "log.jsonl") as f:
         assert json.loads(f.readline())["world_size"] == 2
+
+
+# Two gloo ranks, each with half of a fixed batch: SimCLR's loss on negatives gathered from both ranks, and
+# BatchNorm over the global batch, against one process on the whole batch.
+GLOBAL = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from train.distributed import gather, sync_batchnorm
+from train.simclr import nt_xent
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+g = torch.Generator().manual_seed(0)
+z1, z2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+x = torch.randn(8, 3, 4, 4, generator=g)
+part = slice(4 * rank, 4 * rank + 4)
+loss = nt_xent(z1[part].clone().requires_grad_(), z2[part], 0.5, rank)
+mean = loss.detach().clone()
+dist.all_reduce(mean)
+torch.manual_seed(1)
+bn = sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu")).train()
+y = bn(x[part])
+y.sum().backward()
+out = {"loss_mean": mean.item() / 2, "bn_type": type(bn[0]).__name__, "y": y.tolist(),
+       "running_mean": bn[0].running_mean.tolist(), "running_var": bn[0].running_var.tolist(),
+       "gathered": gather(torch.tensor([[float(rank)]])).flatten().tolist()}
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump(out, f)
+dist.destroy_process_group()
+"""
+
+
+def test_simclr_negatives_and_batchnorm_statistics_span_both_ranks(tmp_path):
+    import torch
+
+    from train.simclr import nt_xent
+
+    script = tmp_path / "global.py"
+    script.write_text(GLOBAL)
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), str(tmp_path)]
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    x = torch.randn(8, 3, 4, 4, generator=g)
+    full = nt_xent(z1, z2, 0.5).item()
+    assert ranks[0]["loss_mean"] == ranks[1]["loss_mean"] and abs(ranks[0]["loss_mean"] - full) < 1e-5
+    assert ranks[0]["gathered"] == [0.0, 1.0]
+    bn = torch.nn.BatchNorm2d(3).train()
+    y = bn(x)
+    assert ranks[0]["bn_type"] == "GlobalBatchNorm"
+    for r in range(2):        # both ranks normalise with the whole batch's statistics and keep its running ones
+        assert torch.allclose(torch.tensor(ranks[r]["y"]), y[4 * r:4 * r + 4].detach(), atol=1e-5)
+        assert torch.allclose(torch.tensor(ranks[r]["running_mean"]), bn.running_mean, atol=1e-6)
+        assert torch.allclose(torch.tensor(ranks[r]["running_var"]), bn.running_var, atol=1e-5)
+
+
+DINO_TYPES = """
+import json, os, sys
+import train.dino as d
+from train.distributed import GlobalBatchNorm
+from train.run import unwrap
+build = d.DINO.build
+def recorded(self, run):
+    objects = build(self, run)
+    kinds = {name: sorted({type(m).__name__ for m in net.modules() if "BatchNorm" in type(m).__name__})
+             for name, net in (("student", unwrap(self.student)), ("teacher", self.teacher))}
+    with open(os.path.join(os.environ["COUNTS"], f"dino{os.environ['RANK']}.json"), "w") as f:
+        json.dump(kinds, f)
+    return objects
+d.DINO.build = recorded
+d.cli(sys.argv[1:], standalone_mode=False)
+"""
+
+
+def test_dino_batchnorm_is_synchronised_across_ranks(tmp_path):
+    shards = make_toy_set(str(tmp_path / "toy"), count=32, size=32, per_shard=8)
+    script = tmp_path / "dino_types.py"
+    script.write_text(DINO_TYPES)
+    env = dict(os.environ, PYTHONPATH=ROOT, COUNTS=str(tmp_path), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), "--shards", shards, "--out", str(tmp_path / "run"),
+           "--arch", "small", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--max-steps", "1",
+           "--local-crops", "1", "--out-dim", "16", "--hidden", "16", "--bottleneck", "8"]
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for r in range(2):
+        kinds = json.loads((tmp_path / f"dino{r}.json").read_text())
+        assert kinds == {"student": ["GlobalBatchNorm"], "teacher": ["GlobalBatchNorm"]}
+    assert load_checkpoint(str(tmp_path / "run"))["step"] == 1

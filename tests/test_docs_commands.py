@@ -24,6 +24,7 @@ OTHER_PROGRAMS = {
     "--initcrop", "--cropfirst", "--deg", "--shear", "--scale", "--vflip",  # the released generator
     "--crop_resize", "--crop_size", "--raw_size", "--cat_inputs", "--decay_epochs", "--feat_net_size",
     "--gen_net_size", "--no_decay_gain",  # the released BiGAN scripts
+    "--color_jitter_strength", "--use_blur",  # google-research/simclr
     "--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port", "--rdzv_endpoint",
     "--rdzv_backend", "--standalone",  # torchrun
     "--target", "--no-deps", "--no-cache-dir", "--durations",  # pip, pytest
