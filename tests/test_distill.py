@@ -163,3 +163,18 @@ def test_bad_input_is_one_line(case, toy_set, eval_data, tmp_path):
                "imagefolder", "--out", tmp_path / "run", "--max-steps", 1, *FAST, *extra)
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert r.output.strip().count("\n") == 0 and r.output.startswith("Error:"), r.output
+
+
+def test_wrn_student_checkpoint_loads_in_probe_top1(toy_set, eval_data, tmp_path):
+    from probe import top1
+
+    write_teacher(tmp_path / "t.pt")
+    out = tmp_path / "run"
+    r = invoke("--shards", toy_set, "--teacher", tmp_path / "t.pt", "--eval-data", eval_data, "--eval-dataset",
+               "imagefolder", "--out", out, "--max-steps", 1, "--student-arch", "wrn16_4", *FAST)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(top1.cli, ["--checkpoint", str(out), "--data", eval_data, "--out",
+                                      str(tmp_path / "top1.json"), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "top1.json").read_text())
+    assert record["classes"] == 2 and 0 <= record["top1"] <= 100

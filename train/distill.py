@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.checkpoint import load_checkpoint
-from train.classifier import ARCH_CHOICES, DEFAULT_INPUT, build_classifier, score
+from train.classifier import CLASSIFIER_ARCHS, DEFAULT_INPUT, build_classifier, score
 from train.config import CommonConfig, command, option
 from train.loader import make_loader, prepare, random_crop_flip, random_resized_crop_flip
 from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
@@ -45,7 +45,8 @@ class Config(CommonConfig):
                             "teacher and student.")
     eval_dataset: str = option("cifar10", "Layout of --eval-data.", choices=DATASETS)
     eval_batches: int = option(0, "Evaluation batches (0: the whole split).", lo=0)
-    student_arch: str = option("small", "Student encoder (+ its classifier head).", choices=ARCH_CHOICES)
+    student_arch: str = option("small", "Student encoder (+ its classifier head); the paper's: wrn16_4 "
+                              "(CIFAR), resnet50 (ImageNet).", choices=CLASSIFIER_ARCHS)
     recipe: str = option("cifar", "cifar: flip, 4-px pad, random crop of the patch size; imagenet: "
                          "RandomResizedCrop(--crop, area 0.08..1) + flip.", choices=("cifar", "imagenet"))
     crop: int = option(0, "Student input side; 0: the set's patch size (cifar) or 224 (imagenet).", lo=0)
