@@ -44,3 +44,21 @@ def test_spec_round_trip_rebuilds_the_same_encoder():
     assert b.spec == spec and torch.equal(a.eval()(x), b.eval()(x))
     with pytest.raises(ValueError, match="unknown architecture"):
         build_encoder({"arch": "vgg"})
+
+
+@pytest.mark.parametrize("arch,size,params,last", [("wrn16_4", 32, 2748890, (256, 8, 8)),
+                                                   ("wrn40_4", 32, 8949210, (256, 8, 8)),
+                                                   ("resnet18", 64, 11181642, (512, 2, 2))])
+def test_residual_archs_have_the_reference_sizes(arch, size, params, last):
+    from train.classifier import build_classifier
+
+    # WRN-16-4 2.7M and WRN-40-4 8.9M parameters (Zagoruyko & Komodakis); ResNet-18 as torchvision's, 10 classes
+    net = build_classifier(EncoderSpec(arch=arch), 10, size).eval()
+    assert sum(p.numel() for p in net.parameters()) == params
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        feats = net.encoder.features(x)
+        assert net(x).shape == (2, 10) and tuple(list(feats.values())[-1].shape[1:]) == last
+    b = build_encoder(net.encoder.spec.to_dict())
+    b.load_state_dict(net.encoder.state_dict())
+    assert torch.equal(b.eval()(x), net.encoder(x))

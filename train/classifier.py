@@ -10,13 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.loop import Meter
-from train.models import AlexNetClassifier, EncoderSpec, SmallClassifier
+from train.models import RESIDUAL, AlexNetClassifier, EncoderSpec, PooledClassifier, SmallClassifier
 from train.run import Run, all_reduce_mean, unwrap
 
 ARCH_CHOICES = ("alexnet", "small")
+# Archs with a classifier for supervised training and distillation: the above and the residual ones.
+CLASSIFIER_ARCHS = (*ARCH_CHOICES, *RESIDUAL)
+# ImageFolder transforms family of each classifier arch (train.loader.folder.transforms_for): 224-px archs
+# take AlexNet's ImageNet recipe, 32-px ones the CIFAR one.
+TRANSFORMS = {"resnet18": "alexnet", "resnet50": "alexnet", "wrn16_4": "small", "wrn40_4": "small"}
 # Input side each architecture is built for when no crop/size is given: AlexNet's 224 and the
 # small encoder's CIFAR-sized 32.
-DEFAULT_INPUT = {"alexnet": 224, "small": 32}
+DEFAULT_INPUT = {"alexnet": 224, "small": 32, "wrn16_4": 32, "wrn40_4": 32, "resnet18": 224, "resnet50": 224}
 
 # A method's map from one loader batch to (inputs, targets) on the run's device.
 ToXY = Callable[[tuple], tuple[torch.Tensor, torch.Tensor]]
@@ -24,12 +29,19 @@ ToXY = Callable[[tuple], tuple[torch.Tensor, torch.Tensor]]
 
 def build_classifier(spec: EncoderSpec, num_classes: int, input_size: int, dropout: float = 0.5) -> nn.Module:
     """AlexNet-BN + fc6/fc7 (``dropout`` before each) + top (``alexnet``) or the small encoder + one linear
-    layer (``small``, which has no fc block)."""
+    layer (``small``, which has no fc block) or a residual encoder + global pooling + one linear layer."""
     if spec.arch == "alexnet":
         if input_size < 63:
             raise click.ClickException(f"AlexNet needs inputs of at least 63 pixels (three 3/2 max-pools); "
                                        f"got {input_size}: raise --crop/--size or use --arch small")
         return AlexNetClassifier(spec, num_classes, input_size=input_size, dropout=dropout)
+    if spec.arch in RESIDUAL:
+        # global pooling takes any side the strides leave at least 1 pixel of
+        least = 8 if spec.arch in RESIDUAL[:2] else 32
+        if input_size < least:
+            raise click.ClickException(f"{spec.arch} needs inputs of at least {least} pixels; got {input_size}: "
+                                       f"raise --crop/--size or pick another arch")
+        return PooledClassifier(spec, num_classes)
     return SmallClassifier(spec, num_classes, input_size=input_size)
 
 

@@ -35,6 +35,14 @@ SMALL = [
     ("conv4", 256, 3, 1, 1, False),   # N x 256 x 3 x 3    (= 2304 flattened)
 ]
 ARCHS = {"alexnet": ALEXNET, "small": SMALL}
+# Residual archs of the Augmented Image Prior (ICLR 2023): (depth, width factor) of a wide ResNet for 32-px
+# inputs (Zagoruyko & Komodakis), and torchvision's ResNets at 224. Blocks: conv1, then one per stage.
+WIDE = {"wrn16_4": (16, 4), "wrn40_4": (40, 4)}
+# WRN-d-k: conv1 N x 16 x 32 x 32; group1 N x 16k x 32 x 32; group2 N x 32k x 16 x 16; group3 N x 64k x 8 x 8
+TORCHVISION_RESNETS = ("resnet18", "resnet50")
+# ResNet-18 (50) at 224: conv1 (+ max-pool) N x 64 x 56 x 56; layer1 N x 64 (256) x 56 x 56; layer2
+# N x 128 (512) x 28 x 28; layer3 N x 256 (1024) x 14 x 14; layer4 N x 512 (2048) x 7 x 7
+RESIDUAL = (*WIDE, *TORCHVISION_RESNETS)
 NORMS = ("bn", "none", "layer")
 
 
@@ -100,9 +108,13 @@ class Encoder(nn.Module):
 
     def __init__(self, spec: EncoderSpec = EncoderSpec()):
         super().__init__()
-        if spec.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {spec.arch!r}: use one of {sorted(ARCHS)}")
+        if spec.arch not in ARCHS and spec.arch not in RESIDUAL:
+            raise ValueError(f"unknown architecture {spec.arch!r}: use one of {sorted(ARCHS) + list(RESIDUAL)}")
         self.spec = spec
+        if spec.arch in RESIDUAL:
+            self.sobel, self.pools = None, nn.ModuleDict()
+            self.blocks, self.out_channels = residual_blocks(spec.arch, spec.in_channels)
+            return
         self.sobel = Sobel() if spec.sobel else None
         c_in = 2 if spec.sobel else spec.in_channels
         self.blocks = nn.ModuleDict()
@@ -147,7 +159,8 @@ class Encoder(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -179,6 +192,45 @@ class Encoder(nn.Module):
         last = max(layers, key=self.layer_names.index)
         _, feats = self._run(x, last, True)
         return {n: feats[n] for n in layers}
+
+
+class WideBasic(nn.Module):
+    """Pre-activation wide-ResNet block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, 1x1 shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None if c_in == c_out and stride == 1 else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = torch.relu(self.bn1(x))
+        y = self.conv2(torch.relu(self.bn2(self.conv1(o))))
+        return y + (x if self.shortcut is None else self.shortcut(o))
+
+
+def residual_blocks(arch: str, in_channels: int = 3) -> tuple[nn.ModuleDict, int]:
+    """The named blocks of a residual arch and its output channels (WRN: last BN-ReLU closes group3)."""
+    if arch in WIDE:
+        depth, k = WIDE[arch]
+        n, c = (depth - 4) // 6, 16
+        blocks = nn.ModuleDict({"conv1": nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)})
+        for g, (width, stride) in enumerate(((16 * k, 1), (32 * k, 2), (64 * k, 2)), 1):
+            layers = [WideBasic(c if i == 0 else width, width, stride if i == 0 else 1) for i in range(n)]
+            if g == 3:
+                layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            blocks[f"group{g}"], c = nn.Sequential(*layers), width
+        return blocks, c
+    import torchvision
+
+    net = torchvision.models.get_model(arch, weights=None)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    blocks = nn.ModuleDict({"conv1": nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)})
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        blocks[name] = getattr(net, name)
+    return blocks, net.fc.in_features
 
 
 def build_encoder(spec: EncoderSpec | dict[str, Any]) -> Encoder:
@@ -235,3 +287,15 @@ class SmallClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.top(torch.flatten(self.encoder(x), 1))
+
+
+class PooledClassifier(nn.Module):
+    """A residual encoder + global average pooling + one linear layer (WRN, ResNet)."""
+
+    def __init__(self, spec: EncoderSpec, num_classes: int):
+        super().__init__()
+        self.encoder = Encoder(spec)
+        self.top = nn.Linear(self.encoder.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(torch.flatten(nn.functional.adaptive_avg_pool2d(self.encoder(x), 1), 1))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from train.checkpoint import load_checkpoint
-from train.classifier import ARCH_CHOICES, DEFAULT_INPUT, build_classifier, cross_entropy_step, score, sgd
+from train.classifier import CLASSIFIER_ARCHS, DEFAULT_INPUT, TRANSFORMS, build_classifier, cross_entropy_step, score, sgd
 from train.config import CommonConfig, command, option
 from train.loader import prepare
 from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
@@ -34,8 +34,8 @@ class Config(CommonConfig):
     epochs: int = 90
     data: str = option("", "ImageFolder root (train/ and val/ or test/), or CIFAR files' folder.")
     dataset: str = option("imagefolder", "Layout of --data.", choices=DATASETS)
-    arch: str = option("alexnet", "Encoder: AlexNet-BN, or the paper's small encoder (32 px).",
-                       choices=ARCH_CHOICES)
+    arch: str = option("alexnet", "Encoder: AlexNet-BN, the paper's small encoder (32 px), WRN-16-4 / WRN-40-4 "
+                       "(32 px) or ResNet-18 / ResNet-50 (224 px).", choices=CLASSIFIER_ARCHS)
     size: int = option(0, "Input side; 0: 224 (alexnet) or 32 (small).", lo=0)
     lr: float = option(0.01, "Learning rate.", lo=0, lo_open=True)
     momentum: float = option(0.9, "SGD momentum.", lo=0, hi=1, hi_open=True)
@@ -130,7 +130,7 @@ class Supervised(Method):
 
     def build(self, run: Run) -> dict:
         cfg = self.cfg
-        splits = open_splits(cfg.data, cfg.dataset, *transforms_for(cfg.arch, cfg.input_size))
+        splits = open_splits(cfg.data, cfg.dataset, *transforms_for(TRANSFORMS.get(cfg.arch, cfg.arch), cfg.input_size))
         kw = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, rank=run.dist.rank,
                   world_size=run.dist.world_size, pin_memory=run.device.type == "cuda", skip_bad=cfg.skip_bad_images)
         self.loader = make_folder_loader(splits.train, **kw)
