@@ -431,8 +431,8 @@ def fetch_set(cfg: FetchConfig) -> Manifest:
     jdir = os.path.join(cfg.out, FETCH_DIR)
     with folder_lock(jdir, f"fetch into {cfg.out}"):
         _refuse_foreign(cfg, m, manifest_url)  # again under the lock: another fetch may have just started
-        remove_stale_temps(cfg.out)
-        remove_stale_temps(jdir)
+        remove_stale_temps(cfg.out, locked=True)  # under the lock, every temporary file is a dead run's
+        remove_stale_temps(jdir, locked=True)
         try:
             write_text_atomic(os.path.join(jdir, "set"), json.dumps({"id": m.id, "url": cfg.url}) + "\n")
         except OSError as e:

@@ -183,11 +183,14 @@ def test_stale_temporary_files_are_removed_at_the_next_start(tmp_path):
                           text=True).stdout.strip()
     stale = [out / f"shard-000001.tar.partial-{dead}", out / ".render" / f"shard-000001.json.partial-{dead}",
              out / "shard-000002.tar.partial"]  # the last: an older version's name
-    live = out / f"notes.partial-{os.getppid()}"  # a running process's file is never touched
+    # A live PID too: under the set's lock no other render can be writing here (a killed worker is a
+    # zombie, "alive" to kill(pid, 0), and PIDs are reused), so the flock, not the PID, decides.
+    live = out / f"shard-000003.tar.partial-{os.getppid()}"
     for p in [*stale, live]:
         p.write_bytes(b"half a shard")
     assert small_render(src, out).exit_code == 0
-    assert not any(p.exists() for p in stale) and live.exists()
+    assert not any(p.exists() for p in [*stale, live])
+    assert not [n for n in os.listdir(out) if ".partial" in n]
 
 
 def test_fetch_into_a_locked_folder_is_refused(tmp_path):
