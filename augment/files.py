@@ -151,6 +151,8 @@ def remove_stale_temps(folder: str, locked: bool = False) -> list[str]:
     removed = []
     for name in temp_names(folder):
         head, mark, tail = name.rpartition(TMP_MARK)
+        if not mark:  # a bare ``*.partial``: a fetch's resumable download, not a dead writer's file
+            continue
         digits = "".join(c for c in tail.split(".", 1)[0] if c.isdigit())
         mine = digits and int(digits) == os.getpid()
         if locked or (digits and not mine and not pid_alive(int(digits))):

@@ -475,6 +475,8 @@ def render(cfg: RenderConfig) -> dict:
         try:
             prepare_out(out, job)
             # Under the lock no other render writes here: temporary files are a dead run's.
+            for stale in glob.glob(os.path.join(out, "*.partial")):  # older versions' names
+                os.remove(stale)
             remove_stale_temps(out, locked=True)
             remove_stale_temps(jdir, locked=True)
             kept = {si: info for si in range(lo, hi) if (info := shard_complete(out, r, si))}

@@ -126,7 +126,10 @@ def stray_temps(root: str) -> list[str]:
     why = (f"a temporary file; {writer.describe()} may be writing it: leave it" if writer else
            "a temporary file left by an interrupted run; not part of the set, safe to remove (the next "
            "render or fetch here removes it too)")
-    return [f"{n}: {why}" for n in names if os.path.isfile(os.path.join(root, n))]
+    resumable = ("a partial download; the next `augment fetch` into this folder resumes it (safe to remove: "
+                 "it is then downloaded again)")
+    return [f"{n}: {resumable if n.endswith('.partial') and not writer else why}" for n in names
+            if os.path.isfile(os.path.join(root, n))]
 
 
 def count_runs(counts: list[int]) -> str:
