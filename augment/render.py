@@ -519,7 +519,13 @@ class Interrupted(click.ClickException):
 
 
 def _interrupted(cfg: RenderConfig, lo: int, hi: int) -> Interrupted:
-    """The one line an interrupted render prints: what is finished, and the command that resumes."""
+    """The one line an interrupted render prints: what is finished, and the command that resumes.
+
+    Called under the set's lock once the pool has stopped its workers (SIGTERM: they leave their
+    temporary files), so every temporary file is stale and removed now rather than at the next run.
+    """
+    remove_stale_temps(cfg.out, locked=True)
+    remove_stale_temps(os.path.join(cfg.out, JOB_DIR), locked=True)
     done = sum(1 for si in range(lo, hi) if shard_complete(cfg.out, cfg.recipe, si))
     return Interrupted(f"render into {cfg.out} interrupted: {done} of {hi - lo} shards are complete and kept; "
                        f"resume with: {cfg.command or 'the same command'}")

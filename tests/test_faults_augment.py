@@ -8,9 +8,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 
 import click
 import numpy as np
@@ -714,3 +717,61 @@ def test_a_render_prints_its_estimate_time_and_rate(tmp_path):
     assert res.exit_code == 0, res.output
     assert f"render {out}: about 0.0 MiB on disk" in res.output
     assert f"{out}: 3 shards rendered in " in res.output and " patches/s), 0 kept; set sis1-" in res.output
+
+
+def test_a_real_ctrl_c_on_a_two_worker_render_is_one_line_and_the_command_resumes(tmp_path):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does), once the first shard is done."""
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    cmd = [sys.executable, "-m", "augment", "render", "--image", src, "--count", 4000, "--size", 16,
+           "--samples-per-shard", 40, "--workers", 2, "--quiet", "--out", out]
+    p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    # Wait (bounded) for the first shard's sidecar, written after its tar: the render is under way with
+    # 99 shards to go, so the signal cannot miss it.
+    first = out / ".render" / "shard-000000.json"
+    for _ in range(6000):
+        if first.exists() or p.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert first.exists() and p.poll() is None
+    os.killpg(p.pid, signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in stderr and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: render into {out} interrupted: ")
+    kept = int(lines[0].split("interrupted: ")[1].split(" of ")[0])
+    assert 1 <= kept < 100 and lines[0].endswith(f"--out {out}") and " of 100 shards are complete and kept" in lines[0]
+    resume = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert resume[:4] == ["python", "-m", "augment", "render"]
+    resume[0] = sys.executable  # this virtualenv's python
+    assert temps(out) == []
+    again = subprocess.run(resume + ["--quiet"], cwd=ROOT, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{100 - kept} shards rendered" in again.stdout and f"{kept} kept; set sis1-" in again.stdout
+
+
+def test_sigkill_of_the_render_alone_then_an_immediate_rerun_finishes_with_no_partials(tmp_path):
+    """The issue's field case: kill -9 of the main process only; its workers must not write on, hold the
+    lock, or leave temporary files in the finished set."""
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    # An end-to-end check of the whole path; the unit tests above (orphan, die_with_parent) are the ones
+    # that fail without the fixes: here pool workers also exit by themselves once their task pipe closes.
+    cmd = [str(c) for c in [sys.executable, "-m", "augment", "render", "--image", src, "--count", 4000, "--size",
+                            16, "--samples-per-shard", 40, "--workers", 2, "--quiet", "--out", out]]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    first = out / ".render" / "shard-000000.json"
+    for _ in range(6000):  # bounded wait for the first complete shard: the render is under way
+        if first.exists() or p.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert first.exists() and p.poll() is None
+    p.kill()
+    assert p.wait(30) == -9
+    p.stdout.close()
+    p.stderr.close()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert " kept; set sis1-" in again.stdout and temps(out) == []
+    assert read_manifest(out).count == 4000
