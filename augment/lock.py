@@ -83,7 +83,7 @@ def read_holder(path: str) -> Holder | None:
         with open(path) as f:
             d = json.load(f)
         return Holder(int(d["pid"]), str(d["host"]), str(d["started"]), str(d.get("what", "")))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

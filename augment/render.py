@@ -331,7 +331,7 @@ def check_out(out: str, job: dict) -> None:
             with open(job_path) as f:
                 theirs = json.load(f)
             differs = theirs["config"] != job["config"] or theirs["sources"] != job["sources"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise click.ClickException(f"{job_path}: unreadable render bookkeeping; delete {out} or use a new "
                                        f"--out") from None
         if differs:
@@ -375,7 +375,7 @@ def shard_complete(out: str, recipe: Recipe, si: int) -> dict | None:
     try:
         with open(side) as f:
             info = json.load(f)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     first, end = recipe.shard_span(si)
     if (info.get("first"), info.get("count")) != (first, end - first) or os.path.getsize(tar) != info.get("bytes"):
@@ -565,7 +565,7 @@ def _combine(out: str, pieces: list[str]) -> tuple[dict, dict[int, dict], int, s
                 check_shard_name(out, s["name"], p)
                 int(s["bytes"])
             loaded.append((p, piece, {int(s["first"]) // per: s for s in piece["shards"]}, int(piece["n_shards"])))
-        except (ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        except (ValueError, KeyError, TypeError, ZeroDivisionError, RecursionError) as e:
             raise click.ClickException(f"{p}: unreadable piece ({type(e).__name__}: {e}); re-run that "
                                        f"--shard-range job") from None
     job, by_index = loaded[0][1]["job"], {}

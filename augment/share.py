@@ -146,7 +146,7 @@ def _check_dest(fs, root: str, dest: str, m: Manifest) -> None:
         return
     try:
         other = json.loads(fs.cat_file(target)).get("id")
-    except ValueError:
+    except (ValueError, RecursionError):
         other = "an unreadable manifest"
     if other != m.id:
         raise click.ClickException(f"{dest}: already holds another set ({other}); publish {m.id} to an "
@@ -420,7 +420,7 @@ def _refuse_foreign(cfg: FetchConfig, m: Manifest, manifest_url: str) -> None:
         try:
             with open(local if os.path.isfile(local) else marker) as f:
                 other = json.load(f).get("id")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             other = "an unreadable manifest"
         if other != m.id:
             what = "another set" if os.path.isfile(local) else "an interrupted fetch of another set"

@@ -775,3 +775,20 @@ def test_sigkill_of_the_render_alone_then_an_immediate_rerun_finishes_with_no_pa
     assert again.returncode == 0, again.stderr
     assert " kept; set sis1-" in again.stdout and temps(out) == []
     assert read_manifest(out).count == 4000
+
+
+@pytest.mark.parametrize("text", [b"[" * 200_000, b'{"job": "\xff\xfe"}'])
+def test_hostile_render_bookkeeping_is_one_line_for_merge_and_render(tmp_path, text):
+    """The same faults as a hostile manifest, in a --shard-range piece and in .render/job.json."""
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out, "--shard-range", "0:2").exit_code == 0
+    piece = sorted(out.glob("manifest.part-*.json"))[0]
+    piece.write_bytes(text)
+    line = one_line_error(run("merge", out))
+    assert line.startswith(f"Error: {piece}: unreadable piece (") and line.endswith("re-run that --shard-range job")
+    (out / ".render" / "job.json").write_bytes(text)
+    before = snapshot(out)
+    line = one_line_error(small_render(src, out))
+    assert line == (f"Error: {out / '.render' / 'job.json'}: unreadable render bookkeeping; delete {out} or use a "
+                    f"new --out")
+    assert snapshot(out) == before and not (out / MANIFEST).exists()
