@@ -385,6 +385,7 @@ def shard_complete(out: str, recipe: Recipe, si: int) -> dict | None:
 
 _RENDERER: Renderer | None = None
 _OUT = ""
+_PARENT: int | None = None  # in a pool worker: the render's pid
 
 
 def _die_with_parent(parent: int) -> None:
@@ -401,6 +402,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(parent: int | None = None) -> None:
+    global _PARENT
+    _PARENT = parent
     cv2.setNumThreads(1)  # one core per worker; OpenCV's own threads would fight the pool
     if parent is not None:
         # Ctrl-C reaches the whole process group: the parent alone reports it, in one line.
@@ -409,7 +412,7 @@ def _init_worker(parent: int | None = None) -> None:
 
 
 def _task(si: int) -> dict:
-    if os.getppid() == 1:  # orphaned (no PR_SET_PDEATHSIG here): write nothing more
+    if _PARENT is not None and os.getppid() != _PARENT:  # orphaned (no PR_SET_PDEATHSIG here): stop
         os._exit(1)
     return _RENDERER.shard(_OUT, si)
 
