@@ -112,7 +112,8 @@ def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samp
                        not quiet, canonical_command(image, recipe, out), source_cache_mib=source_cache)
     res = run(cfg)
     what = f"set {res['id']}" if res["id"] else f"piece {res['written']} (run `python -m augment merge {out}`)"
-    click.echo(f"{out}: {res['rendered']} shards rendered, {res['kept']} kept; {what}")
+    speed = (f" in {res['seconds']:.1f} s ({res['rate']:,.0f} patches/s)" if res["rendered"] else "")
+    click.echo(f"{out}: {res['rendered']} shards rendered{speed}, {res['kept']} kept; {what}")
 
 
 @cli.command()

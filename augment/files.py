@@ -124,22 +124,38 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped) is dead for our purposes: it writes nothing any more
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
-def remove_stale_temps(folder: str) -> list[str]:
-    """Remove ``*.partial-PID*`` files in ``folder`` whose process is gone; returns what was removed."""
-    removed = []
+def temp_names(folder: str) -> list[str]:
+    """Names of the temporary files (``*.partial-PID*``, and older versions' ``*.partial``) in ``folder``."""
     try:
-        names = os.listdir(folder)
+        names = sorted(os.listdir(folder))
     except OSError:
-        return removed
-    for name in names:
+        return []
+    return [n for n in names if TMP_MARK in n or n.endswith(".partial")]
+
+
+def remove_stale_temps(folder: str, locked: bool = False) -> list[str]:
+    """Remove the stale ``*.partial-PID*`` files in ``folder``; returns what was removed.
+
+    ``locked``: the caller holds the folder's lock, so no other writer can be at work in it and every
+    temporary file is stale, whatever its PID says (a killed worker stays a zombie, "alive" to
+    ``kill(pid, 0)``, until its parent is reaped; and PIDs are reused). Without the lock, only files
+    whose process is gone are removed.
+    """
+    removed = []
+    for name in temp_names(folder):
         head, mark, tail = name.rpartition(TMP_MARK)
-        if not mark:
+        if not mark:  # a bare ``*.partial``: a fetch's resumable download, not a dead writer's file
             continue
         digits = "".join(c for c in tail.split(".", 1)[0] if c.isdigit())
-        if digits and int(digits) != os.getpid() and not pid_alive(int(digits)):
+        mine = digits and int(digits) == os.getpid()
+        if locked or (digits and not mine and not pid_alive(int(digits))):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, name))
                 removed.append(name)

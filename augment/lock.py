@@ -56,6 +56,23 @@ class Lock:
     previous: Holder | None
 
 
+# The fds of the locks this process holds. A forked child (a render's pool worker) gets copies of them,
+# and a flock lives while any copy is open: a worker orphaned by a SIGKILL of its parent would keep the
+# set locked under the dead parent's name. O_CLOEXEC does not help (fork is not exec), so every child
+# closes its copies at once; closing a copy never unlocks the parent's.
+_HELD: set[int] = set()
+
+
+def _close_inherited() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited)
+
+
 class Busy(click.ClickException):
     """The folder is locked by a live process."""
 
@@ -66,7 +83,7 @@ def read_holder(path: str) -> Holder | None:
         with open(path) as f:
             d = json.load(f)
         return Holder(int(d["pid"]), str(d["host"]), str(d["started"]), str(d.get("what", "")))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -146,9 +163,11 @@ def folder_lock(folder: str, what: str, name: str = LOCK_NAME) -> Iterator[Lock]
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(me.__dict__, sort_keys=True) + "\n").encode(), 0)
     dead = previous if previous and previous.pid != me.pid else None
+    _HELD.add(fd)
     try:
         yield Lock(path, dead)
     finally:
+        _HELD.discard(fd)
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 os.remove(path)  # before unlocking: a waiter then re-opens the path, not this file

@@ -188,15 +188,29 @@ def _read_text(location: str) -> tuple[str, str]:
         if not os.path.isfile(path):
             raise click.ClickException(f"{root}: not a shard set (no {MANIFEST}); render one with "
                                        f"`python -m augment render --out {root}` or fetch one")
-        with open(path) as f:
-            return root, f.read()
+        try:
+            with open(path, "rb") as f:
+                return root, _decode(f.read(), path)
+        except OSError as e:
+            raise click.ClickException(f"{path}: cannot read the manifest ({describe_error(e)}); check the "
+                                       f"file's permissions or re-fetch the set") from None
     try:
         stream, _ = open_location(path)
         with stream:
-            return root, stream.read().decode("utf-8", errors="replace")
+            data = stream.read()
     except Exception as e:  # network and backend errors come in many types; the message is what matters
         raise click.ClickException(f"{path}: cannot read the manifest ({describe_error(e)}); "
                                    f"check the URL and that the set was published there") from None
+    return root, _decode(data, path)
+
+
+def _decode(data: bytes, path: str) -> str:
+    """The manifest's text; bytes that are not UTF-8 are refused (a manifest is UTF-8 JSON, always)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"{path}: not a shard-set manifest (not UTF-8 text: byte {e.start}); "
+                                   f"re-fetch or re-render the set") from None
 
 
 def check_shard_name(root: str, name: Any, source: str) -> None:
@@ -216,34 +230,65 @@ def check_shard_name(root: str, name: Any, source: str) -> None:
                                    f"it (a manifest may only name files inside its own folder)")
 
 
-def parse_manifest(root: str, text: str, source: str = MANIFEST) -> Manifest:
-    """Parse and check manifest text; every problem is one clear error naming ``source``."""
+def parse_manifest(root: str, text: str, source: str = MANIFEST, check_id: bool = True) -> Manifest:
+    """Parse and check manifest text; every problem is one clear error naming ``source``.
+
+    ``check_id``: refuse a manifest whose stored id disagrees with its content (a hand-edited or
+    truncated shard list would otherwise be trained on silently); ``verify`` reports it instead.
+    """
     try:
         data = json.loads(text)
+    except RecursionError:  # deeply nested JSON: the parser's stack, not the file, gives up
+        raise click.ClickException(f"{source}: not a shard-set manifest (JSON nested too deeply)") from None
     except ValueError as e:
         raise click.ClickException(f"{source}: not a shard-set manifest (invalid JSON: {e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise click.ClickException(f"{source}: not a shard-set manifest (format is not {FORMAT!r})")
-    if data.get("format_version", 0) > FORMAT_VERSION:
-        raise click.ClickException(f"{source}: format version {data['format_version']} is newer than this "
-                                   f"tool reads ({FORMAT_VERSION}); upgrade the package")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+        fix = "upgrade the package" if newer else "re-render or re-fetch the set"
+        raise click.ClickException(f"{source}: not a shard-set manifest this tool reads (format_version "
+                                   f"{version!r}, this tool reads {FORMAT_VERSION}); {fix}")
     try:
-        shards = [ShardEntry(s["name"], int(s["first"]), int(s["count"]), int(s["bytes"]), s["sha256"])
-                  for s in data["shards"]]
+        shards = [ShardEntry(s["name"], _natural(s["first"], "first"), _natural(s["count"], "count", 1),
+                             _natural(s["bytes"], "bytes"), s["sha256"]) for s in data["shards"]]
         for s in shards:
             check_shard_name(root, s.name, source)
-        return Manifest(root=root, id=data["id"], count=int(data["count"]), size=int(data["size"]),
-                        image_format=data["image_format"], seed=int(data["seed"]), config=data["config"],
-                        sources=data["sources"], shards=shards, raw=data)
-    except (KeyError, TypeError, ValueError) as e:
+        m = Manifest(root=root, id=data["id"], count=_natural(data["count"], "count", 1),
+                     size=_natural(data["size"], "size", 1), image_format=data["image_format"],
+                     seed=_natural(data["seed"], "seed"), config=data["config"], sources=data["sources"],
+                     shards=shards, raw=data)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise click.ClickException(f"{source}: not a shard-set manifest (bad or missing field {e})") from None
+    if check_id:
+        check_identity(m)
+    return m
 
 
-def read_manifest(location: str | os.PathLike) -> Manifest:
+def _natural(value: Any, name: str, least: int = 0) -> int:
+    """An integer field >= ``least`` (a negative count or size is a damaged manifest, never a set)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name!r}: {value!r} is not an integer >= {least}")
+    return value
+
+
+def is_single_image(manifest: Manifest) -> bool:
+    """True only for a rendered set made from exactly one source image (the paper's setting).
+
+    A packed ImageFolder (``augment pack``: ``"kind": "packed"``) is a dataset, never a single image,
+    whatever its count; a render of N > 1 images is not one either.
+    """
+    raw, config = manifest.raw, manifest.config
+    rendered = raw.get("kind", "rendered") == "rendered" and config.get("kind") != "imagefolder"
+    return rendered and len(manifest.sources) == 1 and config.get("n", 1) == 1
+
+
+def read_manifest(location: str | os.PathLike, check_id: bool = True) -> Manifest:
     """Read the manifest of the set at ``location`` (folder, manifest path, or fsspec/http URL)."""
     location = os.fspath(location)
     root, text = _read_text(location)
-    return parse_manifest(root, text, source=_join(root, MANIFEST))
+    return parse_manifest(root, text, source=_join(root, MANIFEST), check_id=check_id)
 
 
 def read_manifest_text(location: str | os.PathLike) -> tuple[Manifest, str]:

@@ -70,7 +70,7 @@ def pack(folder: str, out: str, seed: int = 0, samples_per_shard: int = 1000) ->
     if os.path.exists(os.path.join(out, MANIFEST)):
         raise click.ClickException(f"{out}: already holds a shard set; pass a new --out (or delete that folder)")
     with folder_lock(out, f"pack {folder} into {out}"):
-        remove_stale_temps(out)
+        remove_stale_temps(out, locked=True)
         shards = []
         for first in range(0, len(items), samples_per_shard):
             def samples(first=first):
@@ -90,7 +90,10 @@ def pack(folder: str, out: str, seed: int = 0, samples_per_shard: int = 1000) ->
             "samples_per_shard": samples_per_shard, "config": config,
             "sources": [{"name": folder_name(folder), "files": len(items),
                          "sha256": listing.hexdigest()}],
-            "shards": shards, "versions": versions(), "command": "pack"})
+            "shards": shards, "versions": versions(), "command": "pack",
+            # What the set is: a dataset, not a single image (outside the identity payload, like
+            # "versions"; config's "kind": "imagefolder", which is hashed, says the same).
+            "kind": "packed", "images": len(items)})
 
 
 @cli.command("pack")

@@ -18,7 +18,10 @@ import math
 import multiprocessing
 import os
 import shlex
+import shutil
+import signal
 import sys
+import time
 from dataclasses import dataclass, field
 
 import click
@@ -38,6 +41,11 @@ JOB_DIR = ".render"
 PRESETS = {"imagenet": {"count": 1_281_167, "size": 256}, "cifar": {"count": 50_000, "size": 32}}
 PNG_COMPRESSION = 6
 SAMPLER = "philox4x64[key=seedsequence(seed)],counter=3*index,u53-v2"
+MAX_SIZE = 4096  # patch side: a 100000-pixel side needs ~40 GB per warp (the paper: 32 and 256)
+# Bytes per pixel-channel of an encoded patch (measured on natural-image patches, rounded up) and a
+# sample's tar overhead (two headers, the JSON member, padding): the disk estimate a render checks.
+BYTES_PER_VALUE = {"jpg": 0.2, "png": 0.8}
+SAMPLE_OVERHEAD = 2048
 DRAWS = 10  # per sample: 4 jitter factors, flip, angle, log-aspect, area, x, y
 
 
@@ -251,6 +259,9 @@ def check(cfg: RenderConfig) -> None:
                     ("--samples-per-shard", r.samples_per_shard), ("--max-pixels", cfg.max_pixels)):
         if v <= 0:
             raise click.ClickException(f"{name} must be a positive integer (got {v})")
+    if r.size > MAX_SIZE:
+        raise click.ClickException(f"--size {r.size} is larger than {MAX_SIZE} (a patch that size needs about "
+                                   f"{4 * r.size * r.size / 2 ** 30:.0f} GiB per warp); pass a smaller --size")
     if r.n > r.count:
         raise click.ClickException(f"--count {r.count} is smaller than --n {r.n}: every source needs a patch")
     if r.seed < 0:
@@ -273,6 +284,36 @@ def check(cfg: RenderConfig) -> None:
                                        f"{r.n_shards} shards of {r.samples_per_shard})")
 
 
+def estimate_bytes(recipe: Recipe, samples: int) -> int:
+    """About how many bytes ``samples`` patches of ``recipe`` take on disk (shards and bookkeeping)."""
+    per = recipe.size * recipe.size * 3 * BYTES_PER_VALUE[recipe.image_format] + SAMPLE_OVERHEAD
+    return int(samples * per) + 1024 + 4096 * math.ceil(samples / recipe.samples_per_shard)
+
+
+def check_space(cfg: RenderConfig) -> int:
+    """Refuse, in one line, a render whose estimated size exceeds the free space; returns the estimate.
+
+    Checked before anything is read or written: a too-large ``--count`` would otherwise fill the disk
+    (or seem to hang) long before it failed.
+    """
+    r = cfg.recipe
+    lo, hi = cfg.shard_range or (0, r.n_shards)
+    samples = min(r.count, hi * r.samples_per_shard) - lo * r.samples_per_shard
+    need = estimate_bytes(r, samples)
+    folder = os.path.abspath(cfg.out)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return need  # no answer: the write itself reports a full disk
+    if need > free:
+        raise click.ClickException(f"--out {cfg.out}: {samples:,} patches need about {need / 2 ** 30:,.1f} GiB "
+                                   f"but {folder} has {free / 2 ** 30:,.1f} GiB free; lower --count or --size, "
+                                   f"or write elsewhere")
+    return need
+
+
 def _refusal(out: str, theirs: dict, ours: dict) -> click.ClickException:
     keys = sorted(k for k in set(theirs["config"]) | set(ours["config"])
                   if theirs["config"].get(k) != ours["config"].get(k))
@@ -290,7 +331,7 @@ def check_out(out: str, job: dict) -> None:
             with open(job_path) as f:
                 theirs = json.load(f)
             differs = theirs["config"] != job["config"] or theirs["sources"] != job["sources"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise click.ClickException(f"{job_path}: unreadable render bookkeeping; delete {out} or use a new "
                                        f"--out") from None
         if differs:
@@ -334,7 +375,7 @@ def shard_complete(out: str, recipe: Recipe, si: int) -> dict | None:
     try:
         with open(side) as f:
             info = json.load(f)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     first, end = recipe.shard_span(si)
     if (info.get("first"), info.get("count")) != (first, end - first) or os.path.getsize(tar) != info.get("bytes"):
@@ -344,13 +385,35 @@ def shard_complete(out: str, recipe: Recipe, si: int) -> dict | None:
 
 _RENDERER: Renderer | None = None
 _OUT = ""
+_PARENT: int | None = None  # in a pool worker: the render's pid
 
 
-def _init_worker() -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (a SIGKILL of the render alone would
+    otherwise leave workers writing shards for nobody); elsewhere, or if the parent is already gone, exit."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: _task checks the parent between shards instead
+    if os.getppid() != parent:  # died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(parent: int | None = None) -> None:
+    global _PARENT
+    _PARENT = parent
     cv2.setNumThreads(1)  # one core per worker; OpenCV's own threads would fight the pool
+    if parent is not None:
+        # Ctrl-C reaches the whole process group: the parent alone reports it, in one line.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent)
 
 
 def _task(si: int) -> dict:
+    if _PARENT is not None and os.getppid() != _PARENT:  # orphaned (no PR_SET_PDEATHSIG here): stop
+        os._exit(1)
     return _RENDERER.shard(_OUT, si)
 
 
@@ -378,7 +441,8 @@ def run_shards(renderer: Renderer, out: str, todo: list[int], workers: int, prog
         # on a futex at 0 CPU s). setNumThreads(1) joins the pool's threads.
         cv2.setNumThreads(1)
         try:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(todo)), _init_worker) as pool:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(todo)), _init_worker,
+                                                              (os.getpid(),)) as pool:
                 for info in pool.imap_unordered(_task, todo):
                     done.append(info)
                     bar.update(info["count"])
@@ -398,6 +462,9 @@ def render(cfg: RenderConfig) -> dict:
     for ``merge``. Sources are decoded and every option checked before anything is written.
     """
     check(cfg)
+    need = check_space(cfg)
+    if cfg.progress:
+        click.echo(f"render {cfg.out}: about {need / 2 ** 20:,.1f} MiB on disk", err=True)
     r = cfg.recipe
     budget = cfg.source_cache_mib << 20
     sources = load_all(cfg.image, r.n, r.seed, cfg.max_pixels, budget)
@@ -413,15 +480,20 @@ def render(cfg: RenderConfig) -> dict:
             # Under the lock no other render writes here: temporary files are a dead run's.
             for stale in glob.glob(os.path.join(out, "*.partial")):  # older versions' names
                 os.remove(stale)
-            remove_stale_temps(out)
-            remove_stale_temps(jdir)
+            remove_stale_temps(out, locked=True)
+            remove_stale_temps(jdir, locked=True)
             kept = {si: info for si in range(lo, hi) if (info := shard_complete(out, r, si))}
             todo = [si for si in range(lo, hi) if si not in kept]
             if todo:
                 renderer = Renderer(r, sources, budget, cfg.max_pixels)
                 del sources  # the pyramids are what the workers need
-                kept.update((d["first"] // r.samples_per_shard, d) for d in
-                            run_shards(renderer, out, todo, cfg.workers, cfg.progress))
+                start = time.monotonic()
+                try:
+                    kept.update((d["first"] // r.samples_per_shard, d) for d in
+                                run_shards(renderer, out, todo, cfg.workers, cfg.progress))
+                except KeyboardInterrupt:
+                    raise _interrupted(cfg, lo, hi) from None
+                seconds = time.monotonic() - start
             shards = [kept[si] for si in range(lo, hi)]
             if (lo, hi) == (0, r.n_shards):
                 set_id = write_manifest(out, manifest_data(job, shards, cfg.command))
@@ -437,8 +509,29 @@ def render(cfg: RenderConfig) -> dict:
             why = describe_os_error(e, e.filename or os.path.join(out, MANIFEST))
             raise click.ClickException(f"--out {out}: cannot write; {why}; then run the same command again to "
                                        f"resume (complete shards are kept)") from None
+    rendered = sum(r.shard_span(si)[1] - r.shard_span(si)[0] for si in todo)
+    rate = rendered / seconds if todo and seconds > 0 else 0.0
     return {"out": out, "id": set_id, "written": written, "rendered": len(todo), "kept": hi - lo - len(todo),
-            "shards": hi - lo}
+            "shards": hi - lo, "patches": rendered, "seconds": seconds if todo else 0.0, "rate": rate}
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C during a render: one line, exit 130 (the shell's code for SIGINT)."""
+
+    exit_code = 130
+
+
+def _interrupted(cfg: RenderConfig, lo: int, hi: int) -> Interrupted:
+    """The one line an interrupted render prints: what is finished, and the command that resumes.
+
+    Called under the set's lock once the pool has stopped its workers (SIGTERM: they leave their
+    temporary files), so every temporary file is stale and removed now rather than at the next run.
+    """
+    remove_stale_temps(cfg.out, locked=True)
+    remove_stale_temps(os.path.join(cfg.out, JOB_DIR), locked=True)
+    done = sum(1 for si in range(lo, hi) if shard_complete(cfg.out, cfg.recipe, si))
+    return Interrupted(f"render into {cfg.out} interrupted: {done} of {hi - lo} shards are complete and kept; "
+                       f"resume with: {cfg.command or 'the same command'}")
 
 
 def merge(out: str) -> str:
@@ -475,7 +568,7 @@ def _combine(out: str, pieces: list[str]) -> tuple[dict, dict[int, dict], int, s
                 check_shard_name(out, s["name"], p)
                 int(s["bytes"])
             loaded.append((p, piece, {int(s["first"]) // per: s for s in piece["shards"]}, int(piece["n_shards"])))
-        except (ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        except (ValueError, KeyError, TypeError, ZeroDivisionError, RecursionError) as e:
             raise click.ClickException(f"{p}: unreadable piece ({type(e).__name__}: {e}); re-run that "
                                        f"--shard-range job") from None
     job, by_index = loaded[0][1]["job"], {}

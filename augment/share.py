@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import threading
+import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -145,7 +146,7 @@ def _check_dest(fs, root: str, dest: str, m: Manifest) -> None:
         return
     try:
         other = json.loads(fs.cat_file(target)).get("id")
-    except ValueError:
+    except (ValueError, RecursionError):
         other = "an unreadable manifest"
     if other != m.id:
         raise click.ClickException(f"{dest}: already holds another set ({other}); publish {m.id} to an "
@@ -261,11 +262,29 @@ class DiskFull(Exception):
 
 
 class ShardFailed(Exception):
-    """One attempt at one shard failed; ``keep`` says whether the partial file is worth resuming."""
+    """One attempt at one shard failed; ``keep`` says whether the partial file is worth resuming;
+    ``gone``: the connection itself failed (refused, reset, timed out), not the server's answer."""
 
-    def __init__(self, msg: str, keep: bool):
+    def __init__(self, msg: str, keep: bool, gone: bool = False):
         super().__init__(msg)
-        self.keep = keep
+        self.keep, self.gone = keep, gone
+
+
+# Connection failures in a row (across shards, no shard completing in between) after which the server
+# counts as gone: the fetch stops instead of waiting out the timeout for every remaining shard.
+GONE_AFTER = 3
+
+
+def _served_size(stream, start: int) -> int | None:
+    """The size of the server's file, from Content-Range or Content-Length; None when it is not said."""
+    headers = getattr(stream, "headers", None)
+    if headers is None:
+        return None
+    total = (headers.get("Content-Range") or "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = headers.get("Content-Length")
+    return start + int(length) if length and length.isdigit() else None
 
 
 def _check_names(m: Manifest, source: str) -> None:
@@ -283,6 +302,18 @@ class _Fetcher:
     def __init__(self, cfg: FetchConfig, m: Manifest, bar: tqdm):
         self.cfg, self.m, self.bar = cfg, m, bar
         self.lock, self.stop = threading.Lock(), threading.Event()
+        self.failed_in_a_row, self.gone = 0, ""  # gone: why the server counts as gone ("" while it answers)
+
+    def _count(self, err: ShardFailed | None) -> None:
+        """Track connection failures in a row; GONE_AFTER of them stop every download."""
+        with self.lock:
+            if err is None or not err.gone:
+                self.failed_in_a_row = 0
+                return
+            self.failed_in_a_row += 1
+            if self.failed_in_a_row >= GONE_AFTER and not self.gone:
+                self.gone = str(err)
+                self.stop.set()
 
     def _advance(self, n: int) -> None:
         with self.lock:
@@ -299,8 +330,14 @@ class _Fetcher:
             return
         try:
             stream, start = open_location(self.m.shard_path(e), have, self.cfg.timeout)
-        except Exception as err:  # HTTP, socket and fsspec errors: the message is what matters
-            raise ShardFailed(describe_error(err), keep=True) from None
+        except urllib.error.HTTPError as err:  # the server answered; 416: our partial is longer than its file
+            raise ShardFailed(describe_error(err), keep=err.code != 416) from None
+        except Exception as err:  # socket and fsspec errors: the message is what matters
+            raise ShardFailed(describe_error(err), keep=True, gone=True) from None
+        served = _served_size(stream, start)
+        if served is not None and served != e.bytes:  # the same wrong bytes however often we ask
+            stream.close()
+            raise ShardFailed(f"the server's copy has {served:,} bytes, manifest says {e.bytes:,}", keep=False)
         if start != have:  # the server ignored the Range request: the partial bytes are thrown away
             self._advance(-have)
         got = start
@@ -316,7 +353,7 @@ class _Fetcher:
                         block = read(CHUNK)
                     except Exception as err:  # reset, timeout, IncompleteRead, fsspec backend errors
                         raise ShardFailed(f"{describe_error(err)} after {got} of {e.bytes} bytes",
-                                          keep=True) from None
+                                          keep=True, gone=True) from None
                     if not block:
                         break
                     f.write(block)
@@ -330,7 +367,7 @@ class _Fetcher:
         if self.stop.is_set():
             raise ShardFailed("stopped", keep=True)
         if got < e.bytes:
-            raise ShardFailed(f"connection closed after {got} of {e.bytes} bytes", keep=True)
+            raise ShardFailed(f"connection closed after {got} of {e.bytes} bytes", keep=True, gone=True)
 
     def _attempt(self, e: ShardEntry, final: str, partial: str) -> None:
         self._download(e, partial)
@@ -350,9 +387,11 @@ class _Fetcher:
                 return f"{e.name}: not fetched (stopped)"
             try:
                 self._attempt(e, final, partial)
+                self._count(None)
                 return None
             except ShardFailed as err:
                 why = str(err)
+                self._count(err)
                 if not err.keep and os.path.exists(partial):
                     self._advance(-os.path.getsize(partial))
                     os.remove(partial)
@@ -381,7 +420,7 @@ def _refuse_foreign(cfg: FetchConfig, m: Manifest, manifest_url: str) -> None:
         try:
             with open(local if os.path.isfile(local) else marker) as f:
                 other = json.load(f).get("id")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             other = "an unreadable manifest"
         if other != m.id:
             what = "another set" if os.path.isfile(local) else "an interrupted fetch of another set"
@@ -431,8 +470,8 @@ def fetch_set(cfg: FetchConfig) -> Manifest:
     jdir = os.path.join(cfg.out, FETCH_DIR)
     with folder_lock(jdir, f"fetch into {cfg.out}"):
         _refuse_foreign(cfg, m, manifest_url)  # again under the lock: another fetch may have just started
-        remove_stale_temps(cfg.out)
-        remove_stale_temps(jdir)
+        remove_stale_temps(cfg.out, locked=True)  # under the lock, every temporary file is a dead run's
+        remove_stale_temps(jdir, locked=True)
         try:
             write_text_atomic(os.path.join(jdir, "set"), json.dumps({"id": m.id, "url": cfg.url}) + "\n")
         except OSError as e:
@@ -467,10 +506,17 @@ def _download_all(cfg: FetchConfig, m: Manifest) -> None:
         except OSError as e:
             raise click.ClickException(f"{cfg.out}: cannot write ({describe_error(e)}); check the folder's "
                                        f"permissions and run the same command again") from None
+    if f.gone:
+        left = len(failures)
+        raise click.ClickException(f"{cfg.url}: the server stopped answering ({GONE_AFTER} connections in a row "
+                                   f"failed, the last: {f.gone}); {len(m.shards) - left} of {len(m.shards)} "
+                                   f"shards are here, {left} left: run the same command again to resume")
     if failures:
-        damaged = any("sha256" in f or "manifest says" in f for f in failures)
+        damaged = [x for x in failures if "sha256" in x or "manifest says" in x]
+        shown = damaged or failures
+        more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
         raise click.ClickException(f"{cfg.url}: {len(failures)} shard(s) not fetched after {cfg.attempts} "
-                                   f"attempts: {'; '.join(failures)}; " + (
+                                   f"attempts: {'; '.join(shown[:3])}{more}; " + (
                                        "the copy on the server is damaged: ask the publisher to re-publish"
                                        if damaged else "run the same command again to resume"))
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import click
 import numpy as np
 
-from augment.files import file_digest
+from augment.files import file_digest, pid_alive, temp_names
+from augment.lock import LOCK_NAME, read_holder
 from augment.manifest import Manifest, ShardEntry, identity_problem, read_manifest
 from augment.shards import sample_key
 
@@ -92,7 +93,7 @@ def rerender(m: Manifest, k: int, sources: str | None, seed: int) -> list[str]:
 
 def verify(cfg: VerifyConfig) -> Report:
     """Check every shard (presence, size, sha256, members) and optionally re-render samples."""
-    m = read_manifest(cfg.folder)
+    m = read_manifest(cfg.folder, check_id=False)  # a wrong id is reported below, with the shards' state
     rep = Report(shards=len(m.shards), samples=sum(s.count for s in m.shards))
     if bad_id := identity_problem(m):  # a hand-edited manifest: its id no longer proves its bytes
         rep.problems.append(f"manifest.json: {bad_id}")
@@ -107,11 +108,28 @@ def verify(cfg: VerifyConfig) -> Report:
     listed = {s.name for s in m.shards}
     extra = sorted(f for f in os.listdir(m.root) if f.endswith(".tar") and f not in listed)
     rep.lines += [f"{f}: not in the manifest (ignored)" for f in extra]
+    rep.lines += stray_temps(m.root)
     if cfg.rerender > 0 and not rep.problems:
         bad = rerender(m, cfg.rerender, cfg.sources, cfg.seed)
         rep.problems += bad
         rep.lines += bad
     return rep
+
+
+def stray_temps(root: str) -> list[str]:
+    """One line per temporary file in the set (an interrupted render's or fetch's), saying whether it is
+    safe to remove: it is unless a render or fetch is running in the folder right now."""
+    names = [n for d in ("", ".render", ".fetch") for n in
+             (os.path.join(d, t) if d else t for t in temp_names(os.path.join(root, d)))]
+    writer = next((h for d in (".render", ".fetch") if (h := read_holder(os.path.join(root, d, LOCK_NAME)))
+                   and pid_alive(h.pid)), None)
+    why = (f"a temporary file; {writer.describe()} may be writing it: leave it" if writer else
+           "a temporary file left by an interrupted run; not part of the set, safe to remove (the next "
+           "render or fetch here removes it too)")
+    resumable = ("a partial download; the next `augment fetch` into this folder resumes it (safe to remove: "
+                 "it is then downloaded again)")
+    return [f"{n}: {resumable if n.endswith('.partial') and not writer else why}" for n in names
+            if os.path.isfile(os.path.join(root, n))]
 
 
 def count_runs(counts: list[int]) -> str:
@@ -144,7 +162,12 @@ def summary(m: Manifest) -> str:
     """A human-readable summary of a set: identity, shape, sources, shards (their true counts), bytes,
     config, versions."""
     total = sum(s.bytes for s in m.shards)
-    lines = [f"id       {m.id}", f"count    {m.count:,} patches of {m.size}x{m.size} {m.image_format}",
+    packed = m.raw.get("kind") == "packed" or m.config.get("kind") == "imagefolder"
+    what = (f"packed dataset of {m.raw.get('images', m.count):,} images (`augment pack`), not a single image"
+            if packed else "rendered from " + (f"{len(m.sources)} source images" if len(m.sources) != 1
+                                               else "a single image"))
+    lines = [f"id       {m.id}", f"kind     {what}",
+             f"count    {m.count:,} patches of {m.size}x{m.size} {m.image_format}",
              f"seed     {m.seed}", f"shards   {len(m.shards):,} ({count_runs([s.count for s in m.shards])} samples), "
              f"{total:,} bytes ({total / 2 ** 20:.1f} MiB)"]
     lines += [f"source   {s['name']} {s.get('width', '?')}x{s.get('height', '?')} sha256 {s['sha256']}"

@@ -88,3 +88,34 @@ def test_bad_folders_are_one_clear_line(tmp_path):
     assert CliRunner().invoke(cli, ["pack", folder, "--out", str(tmp_path / "set3")]).exit_code == 0
     r = CliRunner().invoke(cli, ["pack", folder, "--out", str(tmp_path / "set3")])
     assert r.exit_code == 1 and "already holds a shard set" in r.output
+
+
+def test_a_packed_set_records_that_it_is_a_dataset_and_is_never_single_image(tmp_path):
+    from augment.manifest import content_id, identity_payload, is_single_image
+
+    folder = image_folder(tmp_path / "train", classes=1, per_class=3)  # even one class: still a dataset
+    r = CliRunner().invoke(cli, ["pack", folder, "--out", str(tmp_path / "set")])
+    assert r.exit_code == 0, r.output
+    m = read_manifest(str(tmp_path / "set"))
+    assert (m.raw["kind"], m.raw["images"]) == ("packed", 3) and not is_single_image(m)
+    assert "kind" not in identity_payload(m.raw) and content_id(m.raw) == m.id
+    info = CliRunner().invoke(cli, ["info", str(tmp_path / "set")])
+    assert info.exit_code == 0
+    assert "kind     packed dataset of 3 images (`augment pack`), not a single image" in info.output.splitlines()
+
+
+def test_a_rendered_set_is_single_image_only_from_one_source(tmp_path):
+    from augment.manifest import is_single_image
+
+    for i in range(2):
+        arr = np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"im{i}.png")
+    base = ["render", "--count", "4", "--size", "16", "--quiet"]
+    one = CliRunner().invoke(cli, base + ["--image", str(tmp_path / "im0.png"), "--out", str(tmp_path / "one")])
+    two = CliRunner().invoke(cli, base + ["--image", str(tmp_path), "--n", "2", "--out", str(tmp_path / "two")])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    m1, m2 = read_manifest(str(tmp_path / "one")), read_manifest(str(tmp_path / "two"))
+    assert "kind" not in m1.raw and is_single_image(m1)  # rendered manifests keep their old fields and ids
+    assert len(m2.sources) == 2 and not is_single_image(m2)
+    info = CliRunner().invoke(cli, ["info", str(tmp_path / "one")])
+    assert "kind     rendered from a single image" in info.output.splitlines()

@@ -8,10 +8,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -183,11 +187,14 @@ def test_stale_temporary_files_are_removed_at_the_next_start(tmp_path):
                           text=True).stdout.strip()
     stale = [out / f"shard-000001.tar.partial-{dead}", out / ".render" / f"shard-000001.json.partial-{dead}",
              out / "shard-000002.tar.partial"]  # the last: an older version's name
-    live = out / f"notes.partial-{os.getppid()}"  # a running process's file is never touched
+    # A live PID too: under the set's lock no other render can be writing here (a killed worker is a
+    # zombie, "alive" to kill(pid, 0), and PIDs are reused), so the flock, not the PID, decides.
+    live = out / f"shard-000003.tar.partial-{os.getppid()}"
     for p in [*stale, live]:
         p.write_bytes(b"half a shard")
     assert small_render(src, out).exit_code == 0
-    assert not any(p.exists() for p in stale) and live.exists()
+    assert not any(p.exists() for p in [*stale, live])
+    assert not [n for n in os.listdir(out) if ".partial" in n]
 
 
 def test_fetch_into_a_locked_folder_is_refused(tmp_path):
@@ -521,3 +528,267 @@ def test_a_source_changed_during_the_render_is_one_line(tmp_path, many_sources, 
               "--source-cache", 0, "--workers", workers, "--quiet", "--out", tmp_path / "set")
     line = one_line_error(res)
     assert "changed since the render started" in line and os.path.basename(real(many_sources, 5, 0)[2].path) in line
+
+
+# --------------------------------------------------------------------------- issue #23: killed and interrupted renders
+
+
+def test_a_zombie_is_not_alive():
+    """A killed worker stays a zombie until reaped; kill(pid, 0) calls it alive, pid_alive must not."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie, deterministically
+    try:
+        assert not files.pid_alive(p.pid)
+    finally:
+        p.wait()
+
+
+# The parent takes a lock and forks a child (as the pool does), then SIGKILLs itself alone. The child
+# prints its pid and blocks; with die=1 it first asks to die with its parent (render's worker init).
+ORPHAN = ("import os, signal, sys\nfrom augment.lock import folder_lock\nfrom augment import render\n"
+          "with folder_lock(sys.argv[1], 'render into a test set'):\n"
+          "    parent, (r, w) = os.getpid(), os.pipe()\n"
+          "    if os.fork() == 0:\n"
+          "        if sys.argv[2] == '1':\n"
+          "            render._init_worker(parent)\n"
+          "        print(os.getpid(), flush=True); os.write(w, b'x'); sys.stdin.read(); os._exit(0)\n"
+          "    os.read(r, 1); os.kill(parent, signal.SIGKILL)\n")
+
+
+def test_a_worker_orphaned_by_sigkill_does_not_hold_the_lock(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", ORPHAN, str(tmp_path / "lockdir"), "0"], cwd=ROOT,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    assert p.wait(30) == -9
+    try:
+        assert files.pid_alive(child)  # the orphan runs on, with its copy of the lock's fd closed at fork
+        with folder_lock(str(tmp_path / "lockdir"), "the re-run") as lock:
+            assert lock.previous.what == "render into a test set"
+    finally:
+        p.stdin.close()  # the orphan exits
+
+
+def test_render_workers_die_with_their_parent(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", ORPHAN, str(tmp_path / "lockdir"), "1"], cwd=ROOT,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    int(p.stdout.readline())
+    try:
+        # EOF on stdout comes only when every holder of its write end is gone: the parent and the worker
+        # (its stdin is still open, so it cannot have ended by itself). Without the request it blocks forever.
+        import select
+
+        assert select.select([p.stdout], [], [], 60)[0], "the orphaned worker outlived its parent"
+        assert p.stdout.read() == "" and p.wait(30) == -9
+    finally:
+        p.stdin.close()
+
+
+def test_ctrl_c_on_a_render_is_one_line_naming_what_is_kept_and_the_command_that_resumes(tmp_path, monkeypatch):
+    import augment.render as R
+
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    real_shard, calls = R.Renderer.shard, []
+
+    def interrupted_second(self, o, si):
+        calls.append(si)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_shard(self, o, si)
+
+    monkeypatch.setattr(R.Renderer, "shard", interrupted_second)
+    line = one_line_error(small_render(src, out), code=130)
+    assert line.startswith(f"Error: render into {out} interrupted: 1 of 3 shards are complete and kept; "
+                           f"resume with: python -m augment render --image {src} ")
+    assert line.endswith(f"--out {out}") and temps(out) == [] and not (out / MANIFEST).exists()
+    monkeypatch.setattr(R.Renderer, "shard", real_shard)
+    again = small_render(src, out)
+    assert again.exit_code == 0 and "2 shards rendered" in again.output and "1 kept" in again.output
+
+
+def test_verify_names_stray_temporary_files_and_whether_they_are_safe_to_remove(tmp_path):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out).exit_code == 0
+    (out / "shard-000001.tar.partial-4242").write_bytes(b"half")
+    res = run("verify", out)
+    assert res.exit_code == 0 and res.output.strip().endswith("OK (3 shards, 12 samples)")
+    assert ("shard-000001.tar.partial-4242: a temporary file left by an interrupted run; not part of the set, "
+            "safe to remove (the next render or fetch here removes it too)") in res.output.splitlines()
+    holder = hold_lock(out / ".render", what="render into it")
+    try:
+        res = run("verify", out)
+        assert res.exit_code == 0
+        assert f"shard-000001.tar.partial-4242: a temporary file; process {holder.pid} on" in res.output
+        assert "(render into it)" in res.output and "may be writing it: leave it" in res.output
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --------------------------------------------------------------------------- issue #23: hostile manifests
+
+
+def rewrite(src: str, edit, keep_id: bool = False) -> None:
+    """Edit a set's manifest; its id is recomputed unless ``keep_id`` (a hand edit that forgot it)."""
+    with open(os.path.join(src, MANIFEST)) as f:
+        data = json.load(f)
+    edit(data)
+    if keep_id:
+        with open(os.path.join(src, MANIFEST), "w") as f:
+            json.dump(data, f)
+    else:
+        write_manifest(src, data)
+
+
+@pytest.mark.parametrize("how, expect", [
+    ("latin1", "not a shard-set manifest (not UTF-8 text: byte"),
+    ("nested", "not a shard-set manifest (JSON nested too deeply)"),
+    ("version2", "not a shard-set manifest this tool reads (format_version 2, this tool reads 1); upgrade the "
+                 "package"),
+    ("versionx", "not a shard-set manifest this tool reads (format_version 'x', this tool reads 1); re-render "
+                 "or re-fetch the set"),
+    ("negative", "not a shard-set manifest (bad or missing field 'count': -1 is not an integer >= 1)"),
+])
+def test_hostile_manifests_are_one_line_in_every_reader(tmp_path, how, expect):
+    src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
+    path = os.path.join(src, MANIFEST)
+    if how == "latin1":
+        with open(path, "rb") as f:
+            data = f.read().replace(b'"format"', b'"f\xe9rmat"', 1) + b"\xff"
+        with open(path, "wb") as f:
+            f.write(data)
+    elif how == "nested":
+        with open(path, "w") as f:
+            f.write("[" * 200_000 + "]" * 200_000)
+    elif how.startswith("version"):
+        rewrite(src, lambda d: d.update(format_version=2 if how == "version2" else "x"), keep_id=True)
+    else:
+        rewrite(src, lambda d: d.update(count=-1))
+    before = snapshot(src)
+    for args in (["info", src], ["verify", src], ["show", src, "--out", tmp_path / "g.png"]):
+        line = one_line_error(run(*args))
+        assert line.startswith(f"Error: {path}: {expect}") and (how == "latin1" or line == f"Error: {path}: {expect}"), line
+    with pytest.raises(click.ClickException, match="not a shard-set manifest"):
+        read_manifest(src)
+    assert snapshot(src) == before and not (tmp_path / "g.png").exists()
+
+
+def test_a_manifest_listing_half_its_shards_under_the_old_id_is_refused_before_training(tmp_path):
+    src = make_toy_set(str(tmp_path / "set"), count=64, size=16, per_shard=8)
+    old = read_manifest(src).id
+    rewrite(src, lambda d: d.update(shards=d["shards"][:4], count=32), keep_id=True)
+    with pytest.raises(click.ClickException) as e:  # the one reader: the trainers' loaders call it too
+        read_manifest(src)
+    assert f"its stored id {old} disagrees with its content" in e.value.message
+    line = one_line_error(run("info", src))
+    assert line.startswith(f"Error: {os.path.join(src, MANIFEST)}: its stored id {old} disagrees")
+    assert line.endswith("re-render or re-publish the set (a set's identifier must prove its bytes)")
+    from train.loader.stream import make_loader
+
+    with pytest.raises(click.ClickException, match=f"its stored id {old} disagrees"):  # before any step
+        make_loader(src, batch_size=4, workers=0, seed=0)
+
+
+# --------------------------------------------------------------------------- issue #23: sizes and disk
+
+
+def test_a_huge_size_is_refused_before_anything_is_read(tmp_path):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    line = one_line_error(run("render", "--image", src, "--size", 100000, "--count", 10, "--out", out))
+    assert line == ("Error: --size 100000 is larger than 4096 (a patch that size needs about 37 GiB per warp); "
+                    "pass a smaller --size")
+    assert not out.exists()
+
+
+def test_a_render_larger_than_the_free_space_is_refused_with_the_estimate(tmp_path, monkeypatch):
+    import augment.render as R
+
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    real = R.shutil.disk_usage
+    monkeypatch.setattr(R.shutil, "disk_usage", lambda p: real(p)._replace(free=2 ** 30))
+    line = one_line_error(run("render", "--image", src, "--size", 32, "--count", 100_000_000_000, "--out", out))
+    assert line == (f"Error: --out {out}: 100,000,000,000 patches need about 419,998.2 GiB but {tmp_path} has "
+                    f"1.0 GiB free; lower --count or --size, or write elsewhere")
+    assert not out.exists()
+
+
+def test_a_render_prints_its_estimate_time_and_rate(tmp_path):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    res = run("render", "--image", src, "--count", 12, "--size", 16, "--samples-per-shard", 4, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert f"render {out}: about 0.0 MiB on disk" in res.output
+    assert f"{out}: 3 shards rendered in " in res.output and " patches/s), 0 kept; set sis1-" in res.output
+
+
+def test_a_real_ctrl_c_on_a_two_worker_render_is_one_line_and_the_command_resumes(tmp_path):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does), once the first shard is done."""
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    cmd = [sys.executable, "-m", "augment", "render", "--image", src, "--count", 4000, "--size", 16,
+           "--samples-per-shard", 40, "--workers", 2, "--quiet", "--out", out]
+    p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    # Wait (bounded) for the first shard's sidecar, written after its tar: the render is under way with
+    # 99 shards to go, so the signal cannot miss it.
+    first = out / ".render" / "shard-000000.json"
+    for _ in range(6000):
+        if first.exists() or p.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert first.exists() and p.poll() is None
+    os.killpg(p.pid, signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in stderr and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: render into {out} interrupted: ")
+    kept = int(lines[0].split("interrupted: ")[1].split(" of ")[0])
+    assert 1 <= kept < 100 and lines[0].endswith(f"--out {out}") and " of 100 shards are complete and kept" in lines[0]
+    resume = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert resume[:4] == ["python", "-m", "augment", "render"]
+    resume[0] = sys.executable  # this virtualenv's python
+    assert temps(out) == []
+    again = subprocess.run(resume + ["--quiet"], cwd=ROOT, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{100 - kept} shards rendered" in again.stdout and f"{kept} kept; set sis1-" in again.stdout
+
+
+def test_sigkill_of_the_render_alone_then_an_immediate_rerun_finishes_with_no_partials(tmp_path):
+    """The issue's field case: kill -9 of the main process only; its workers must not write on, hold the
+    lock, or leave temporary files in the finished set."""
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    # An end-to-end check of the whole path; the unit tests above (orphan, die_with_parent) are the ones
+    # that fail without the fixes: here pool workers also exit by themselves once their task pipe closes.
+    cmd = [str(c) for c in [sys.executable, "-m", "augment", "render", "--image", src, "--count", 4000, "--size",
+                            16, "--samples-per-shard", 40, "--workers", 2, "--quiet", "--out", out]]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    first = out / ".render" / "shard-000000.json"
+    for _ in range(6000):  # bounded wait for the first complete shard: the render is under way
+        if first.exists() or p.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert first.exists() and p.poll() is None
+    p.kill()
+    assert p.wait(30) == -9
+    p.stdout.close()
+    p.stderr.close()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert " kept; set sis1-" in again.stdout and temps(out) == []
+    assert read_manifest(out).count == 4000
+
+
+@pytest.mark.parametrize("text", [b"[" * 200_000, b'{"job": "\xff\xfe"}'])
+def test_hostile_render_bookkeeping_is_one_line_for_merge_and_render(tmp_path, text):
+    """The same faults as a hostile manifest, in a --shard-range piece and in .render/job.json."""
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out, "--shard-range", "0:2").exit_code == 0
+    piece = sorted(out.glob("manifest.part-*.json"))[0]
+    piece.write_bytes(text)
+    line = one_line_error(run("merge", out))
+    assert line.startswith(f"Error: {piece}: unreadable piece (") and line.endswith("re-run that --shard-range job")
+    (out / ".render" / "job.json").write_bytes(text)
+    before = snapshot(out)
+    line = one_line_error(small_render(src, out))
+    assert line == (f"Error: {out / '.render' / 'job.json'}: unreadable render bookkeeping; delete {out} or use a "
+                    f"new --out")
+    assert snapshot(out) == before and not (out / MANIFEST).exists()

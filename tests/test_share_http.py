@@ -285,3 +285,64 @@ def test_click_exception_type_is_used():
     """fetch_set reports bad input as ClickException (one line, exit 1), the contract the CLI relies on."""
     with pytest.raises(click.ClickException, match="no manifest.json there"):
         share.fetch_set(share.FetchConfig(url=os.path.join(ROOT, "no-such-set"), out="/tmp/unused"))
+
+
+# --------------------------------------------------------------------------- issue #23: damaged and vanishing servers
+
+
+def test_a_truncated_shard_on_the_server_is_named_damaged_not_run_again(served, tmp_path):
+    src, server = served
+    path = os.path.join(src, "shard-000002.tar")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    out = tmp_path / "out"
+    for _ in range(2):  # a second run says the same: nothing to gain by running again
+        line = one_line_error(fetch(server.url, out))
+        assert line == (f"Error: {server.url}: 1 shard(s) not fetched after 2 attempts: shard-000002.tar: the "
+                        f"server's copy has {size // 2:,} bytes, manifest says {size:,}; the copy on the server "
+                        f"is damaged: ask the publisher to re-publish")
+    assert shard_files(out) == ["shard-000000.tar", "shard-000001.tar", "shard-000003.tar"]
+    assert not (out / MANIFEST).exists()
+
+
+def test_a_server_that_stops_sending_ends_the_fetch_early_in_one_line_and_a_later_run_resumes(tmp_path):
+    src = make_toy_set(str(tmp_path / "src"), count=128, size=32, per_shard=16)  # 8 shards
+    server = Server(src)
+    try:
+        for i in range(8):
+            server.stall_after[f"shard-{i:06d}.tar"] = 1000
+        out = tmp_path / "out"
+        line = one_line_error(fetch(server.url, out, "--jobs", "2", "--timeout", "1"))
+        assert line.startswith(f"Error: {server.url}: the server stopped answering (3 connections in a row failed, "
+                               f"the last: timed out after ")
+        assert line.endswith("); 0 of 8 shards are here, 8 left: run the same command again to resume")
+        asked = {n for n, _ in server.requests if n.startswith("shard-")}
+        assert len(asked) <= 4  # stopped early: most shards were never asked for
+        partials = sorted(n for n in os.listdir(out) if n.endswith(".partial"))
+        have = {n[: -len(".partial")]: (out / n).stat().st_size for n in partials}
+        assert have and all(v > 0 and v % 1000 == 0 for v in have.values())
+        server.stall_after.clear()
+        before = len(server.requests)
+        r = fetch(server.url, out)
+        assert r.exit_code == 0, r.output
+        assert all((n, f"bytes={v}-") in server.requests[before:] for n, v in have.items())
+        assert read_manifest(out).id == read_manifest(src).id
+    finally:
+        server.close()
+
+
+def test_a_server_dying_mid_fetch_is_one_short_line(tmp_path):
+    """Every connection breaks mid-file (a server being killed): one short line, not one per shard."""
+    src = make_toy_set(str(tmp_path / "src"), count=256, size=32, per_shard=16)  # 16 shards
+    server = Server(src)
+    try:
+        for i in range(16):
+            server.drop_after[f"shard-{i:06d}.tar"] = 100
+        line = one_line_error(fetch(server.url, tmp_path / "out", "--jobs", "1"))
+        assert line.startswith(f"Error: {server.url}: the server stopped answering (3 connections in a row failed, "
+                               f"the last: connection closed after ")
+        assert line.endswith("; 0 of 16 shards are here, 16 left: run the same command again to resume")
+        assert len(line) < 300 and "shard-000002.tar" not in line
+    finally:
+        server.close()
