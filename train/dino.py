@@ -181,9 +181,9 @@ class DINO(Method):
                                   seed=cfg.seed, transform=MultiView(views), rank=run.dist.rank,
                                   world_size=run.dist.world_size, pin_memory=run.device.type == "cuda",
                                   verify_stream=cfg.verify_stream)
-        student = sync_batchnorm(Net(EncoderSpec(arch=cfg.arch), cfg), run.device)
-        self.teacher = copy.deepcopy(student).to(run.device).requires_grad_(False)
-        self.student = run.wrap(student)
+        self.student = run.wrap(sync_batchnorm(Net(EncoderSpec(arch=cfg.arch), cfg), run.device))
+        # copied after the wrap: DDP has broadcast rank 0's weights, so every rank starts the same teacher
+        self.teacher = copy.deepcopy(unwrap(self.student)).requires_grad_(False)
         self.encoder = unwrap(self.student).encoder
         groups = param_groups(self.student)
         self.base_lr = cfg.lr * cfg.batch_size * run.dist.world_size / 256
