@@ -71,7 +71,7 @@ in conv1, where seeds 0 and 1 happened to land 0.04 apart; with four seeds bf16 
 over 0.37-1.21 points: it holds in every layer. Every difference is also below the probe's own sampling
 error (one standard error of an accuracy near 47% on 10,000 test images is 0.5 points). The runs are
 short: this checks early training, not convergence. On this evidence `make repro-cpu` uses bf16 by
-default (`--amp on --channels-last`, `probe/repro.py`); the single commands keep their own defaults
+default (`--amp on --channels-last`, `repro/table3.py`); the single commands keep their own defaults
 (docs/training.md, *Precision*). The training speed-ups in the headings are from these runs, loader
 included; the table above is the cleaner speed measurement."""
 
