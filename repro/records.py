@@ -131,18 +131,19 @@ def packed(manifest_config: dict[str, Any]) -> bool:
 
 
 def is_single_image(checkpoint: dict[str, Any]) -> bool:
-    """Did this checkpoint's encoder learn from one image? True only for a run on a rendered set of
-    exactly one source image; a packed dataset (``augment pack``) is a dataset, whatever its sources say."""
+    """Did this checkpoint's encoder learn from one image? Its shard set's manifest says
+    (``augment.manifest.is_single_image``: a packed dataset never is); no readable set: no."""
+    import click
+
+    from augment.manifest import is_single_image as set_is_single_image, read_manifest
+
     shards = (checkpoint.get("config") or {}).get("shards")
-    path = os.path.join(shards, "manifest.json") if shards else ""
-    if not path or not os.path.isfile(path):
+    if not shards:
         return False
     try:
-        with open(path) as f:
-            m = json.load(f)
-    except (OSError, ValueError):
+        return set_is_single_image(read_manifest(shards))
+    except (click.ClickException, OSError):
         return False
-    return not packed(m.get("config", {})) and m.get("kind", "rendered") == "rendered" and len(m.get("sources", [])) == 1
 
 
 def probe_facts(result_dir: str) -> dict[str, Any] | None:

@@ -236,13 +236,14 @@ def test_ablation_reading_names_the_effects_against_the_seed_gap():
 
 
 def test_packed_and_rendered_sets_by_what_their_manifests_say(tmp_path):
-    def write(folder, config, sources):
-        os.makedirs(folder)
-        with open(os.path.join(folder, "manifest.json"), "w") as f:
-            json.dump({"config": config, "sources": sources}, f)
-        return {"config": {"shards": folder}}
+    """A real rendered one-image set is single-image; a real packed dataset never is (augment pack)."""
+    from augment.__main__ import cli as augment_cli
+    from tests.toyset import make_toy_set
 
-    assert records.is_single_image(write(str(tmp_path / "r"), {"recipe": "paper"}, [{"name": "a.png"}]))
-    assert not records.is_single_image(write(str(tmp_path / "p"), {"kind": "imagefolder"}, [{"name": "train"}]))
-    assert not records.is_single_image(write(str(tmp_path / "n"), {}, [{"name": "a"}, {"name": "b"}]))
+    rendered = make_toy_set(str(tmp_path / "toy"), count=8, size=16, per_shard=8)
+    cifar = tiny_cifar(str(tmp_path / "cifar"), per_class=2)
+    r = CliRunner().invoke(augment_cli, ["pack", os.path.join(cifar, "train"), "--out", str(tmp_path / "packed")])
+    assert r.exit_code == 0, r.output
+    assert records.is_single_image({"config": {"shards": rendered}})
+    assert not records.is_single_image({"config": {"shards": str(tmp_path / "packed")}})
     assert not records.is_single_image({"config": {"data": "folder"}})
