@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from augment.seeds import mix
+from train.loader.worker import worker_init
 
 DATASETS = ("imagefolder", "cifar10", "cifar100")
 
@@ -202,7 +203,8 @@ class FolderLoader:
         return _Batches(DataLoader(self.data, batch_size=self.batch_size,
                                    sampler=_Skip(sampler, skip * self.batch_size), num_workers=self.workers,
                                    drop_last=self.shuffle, pin_memory=self.pin_memory,
-                                   prefetch_factor=4 if self.workers else None))
+                                   prefetch_factor=4 if self.workers else None,
+                                   worker_init_fn=worker_init if self.workers else None))
 
 
 def make_folder_loader(ds: Dataset, *, batch_size: int, workers: int, seed: int, rank: int = 0,
