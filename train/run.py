@@ -239,7 +239,13 @@ class Run:
 
     def __init__(self, cfg: CommonConfig, method: str):
         self.method = method
-        device = resolve_device(cfg.device)
+        try:
+            device = resolve_device(cfg.device)
+        except click.ClickException:
+            # Under torchrun every rank finds the same fault: rank 0 says it, the others only fail.
+            if int(os.environ.get("RANK", "0")) != 0:
+                sys.exit(1)
+            raise
         self.dist, self.device = init_distributed(device)
         self.amp_dtype, why_fp32 = amp_dtype(self.device, cfg.amp)
         if why_fp32:

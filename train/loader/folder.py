@@ -59,10 +59,30 @@ def _image_folder(path: str, transform: Callable) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(path, transform=transform)
+        ds = ImageFolder(path, transform=transform)
     except FileNotFoundError as e:  # no class folder, or class folders without images
         raise click.ClickException(f"--data {path}: no images in ImageFolder layout ({e}); expected "
                                    f"{path}/<class>/<image>") from None
+    return once_each(ds)
+
+
+def once_each(ds: Dataset) -> Dataset:
+    """Keep each file once: ImageFolder follows symbolic links, so a link loop (a folder linking to its
+    parent) lists the same images again at every level, silently multiplying the training set."""
+    seen: set[str] = set()
+    kept = []
+    for path, label in ds.samples:
+        try:
+            real = os.path.realpath(path, strict=True)
+        except OSError as e:
+            raise click.ClickException(f"{path}: cannot be read ({e.strerror or e}); a symbolic link to a "
+                                       f"missing file, or a link loop: remove it") from None
+        if real not in seen:
+            seen.add(real)
+            kept.append((path, label))
+    ds.samples = ds.imgs = kept
+    ds.targets = [label for _, label in kept]
+    return ds
 
 
 def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable) -> Splits:
@@ -84,6 +104,11 @@ def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable) 
                                        f"torchvision or use --dataset imagefolder") from None
         return Splits(tr, ev, list(tr.classes), "test")
     if not os.path.isdir(os.path.join(data, "train")):
+        # With val/ or test/ there, the folder is split: read as one class each, they would be trained on.
+        splits = [n for n in ("val", "test") if os.path.isdir(os.path.join(data, n))]
+        if splits:
+            raise click.ClickException(f"--data {data}: has {splits[0]}/ but no train/; expected "
+                                       f"{os.path.join(data, 'train')}/<class>/<image> beside {splits[0]}/")
         tr = _image_folder(data, train_tf)
         return Splits(tr, None, list(tr.classes))
     tr = _image_folder(os.path.join(data, "train"), train_tf)
