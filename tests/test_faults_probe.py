@@ -431,3 +431,14 @@ def test_bench_render_names_its_stand_in_and_removes_it(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "_section", lambda src, path, quick: seen.append(path) or "section")
     assert render.run(quick=True) == "section"
     assert seen[0].endswith("synthetic.png") and not os.path.exists(os.path.dirname(seen[0]))
+
+
+def test_a_probe_on_a_checkpoint_without_its_encoder_is_one_line(tmp_path):
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path, "alexnet")
+    d = load_checkpoint(ck)
+    del d["encoder_spec"]
+    save_checkpoint(d, ck)
+    r = run(cifar_args(tmp_path, ck, root, "o", "--dataset", "imagefolder"))
+    one_line_error(r, f"{ck}: incomplete checkpoint (it lacks encoder_spec); restore it from a copy or train again")

@@ -65,8 +65,9 @@ def _open(path: str) -> Any:
                                    f"the file is damaged or not a checkpoint") from None
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint written by any trainer; anything else, or damaged bytes, is one clear error."""
+def load_checkpoint(path: str, require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint written by any trainer; anything else, damaged bytes, or a checkpoint that lacks
+    one of the ``require``d entries (e.g. ``REQUIRED``) is one clear error."""
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT)
     if not os.path.isfile(path):
@@ -83,7 +84,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
             raise click.ClickException(f"{path}: damaged (its payload's sha256 differs from the one recorded "
                                        f"when it was written); restore it from a copy or train again")
         ck = torch.load(io.BytesIO(ck["payload"]), map_location="cpu", weights_only=False)
-    missing = [k for k in REQUIRED if not isinstance(ck, dict) or k not in ck]
+    missing = [k for k in require if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise click.ClickException(f"{path}: incomplete checkpoint (it lacks {', '.join(missing)}); restore it "
                                    f"from a copy or train again")

@@ -32,7 +32,7 @@ from augment.files import describe_os_error, remove_stale_temps
 from augment.lock import folder_lock
 from augment.provenance import git_revision, library_versions
 from augment.seeds import mix
-from train.checkpoint import CHECKPOINT, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
+from train.checkpoint import CHECKPOINT, REQUIRED, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
 from train.config import AMP_CHOICES, CommonConfig
 from train.loader.worker import hold, release
 
@@ -260,7 +260,7 @@ class Run:
                 if not os.path.isfile(self.ckpt_path):
                     raise click.ClickException(f"--resume: no checkpoint at {self.ckpt_path}; drop --resume to "
                                                f"start a new run there")
-                self.saved = load_checkpoint(self.ckpt_path)
+                self.saved = load_checkpoint(self.ckpt_path, require=REQUIRED)
                 if self.saved.get("method") != method:
                     raise click.ClickException(f"{self.ckpt_path} was written by {self.saved.get('method')!r}, "
                                                f"not {method!r}; use another --out")
