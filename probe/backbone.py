@@ -206,7 +206,7 @@ def load_backbone(path: str, device: torch.device | str = "cpu", fold: bool = Tr
     """Checkpoint file or run folder -> frozen encoder with every BatchNorm folded into its conv."""
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT)
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, require=("encoder_spec", "encoder"))
     encoder, state = load_encoder_state(ck, path)
     spec = dict(ck["encoder_spec"])
     n = fold_encoder(encoder) if fold else 0

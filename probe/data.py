@@ -108,6 +108,10 @@ def list_folder(split_dir: str, classes: list[str] | None = None) -> tuple[list[
         for dirpath, _, files in sorted(os.walk(os.path.join(split_dir, name))):
             samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
                         if f.lower().endswith(IMAGE_EXTS)]
+    for path, _ in samples:
+        if not os.path.exists(path):   # a symlink whose target is gone: name it, do not fail deep in a loader
+            raise click.ClickException(f"{path}: a symbolic link to a missing file ({os.readlink(path)}); "
+                                       f"remove the link or restore its target")
     if not samples:
         raise click.ClickException(f"{split_dir}: no images ({', '.join(IMAGE_EXTS)}) under its class folders")
     return classes, samples

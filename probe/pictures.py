@@ -15,6 +15,9 @@ from augment.files import atomic_path, describe_os_error, file_digest, write_tex
 from probe.backbone import Backbone
 
 
+MAX_PIXELS = 4096 * 4096     # the largest resized image a figure takes (the largest --size, square)
+
+
 def read_image(path: str, option: str, size: int = 0) -> torch.Tensor:
     """An image file as ``1 x 3 x H x W`` in [0, 1], its shorter side resized to ``size`` (0: as it is).
 
@@ -25,13 +28,24 @@ def read_image(path: str, option: str, size: int = 0) -> torch.Tensor:
             img = im.convert("RGB")
     except Image.UnidentifiedImageError:
         raise click.ClickException(f"{option} {path}: not an image PIL can read; pass a JPEG/PNG/... file") from None
+    except FileNotFoundError:
+        raise click.ClickException(f"{option} {path}: no such file; give an existing image file") from None
+    except IsADirectoryError:
+        raise click.ClickException(f"{option} {path}: is a folder; give an image file") from None
     except OSError as e:
         raise click.ClickException(f"{option} {path}: cannot read the image ({describe_os_error(e, path)})") from None
     except (SyntaxError, ValueError) as e:
         raise click.ClickException(f"{option} {path}: corrupt or truncated image ({e}); replace the file") from None
     if size:
         scale = size / min(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
+        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        # An extreme aspect ratio (20000 x 20) resized to a shorter side of --size would take more memory
+        # than any machine has once the encoder's features are computed: refuse it before allocating.
+        if w * h > MAX_PIXELS:
+            raise click.ClickException(f"{option} {path}: {img.width} x {img.height} pixels resized to a shorter "
+                                       f"side of {size} would be {w} x {h}, more than {MAX_PIXELS:,} pixels; "
+                                       f"crop the image to a less elongated shape or lower --size")
+        img = img.resize((w, h), Image.BICUBIC)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
 
 

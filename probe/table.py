@@ -149,7 +149,7 @@ def make_table(results: list[dict], labels: list[str] = (), paper: str | None = 
              + ". Results:"]
     for res in results:
         c = res["config"]
-        notes.append(f"- `{res['_path']}`: {res['dataset']}, {c['epochs']} epochs ({c['schedule']} schedule"
+        notes.append(f"- `{res['_path']}`: {res['dataset']}, {c['epochs']} epoch{'s' if c['epochs'] != 1 else ''} ({c['schedule']} schedule"
                      f"{', shortened' if c['epochs'] != 36 else ''}), pooling {res['resolved']['pooling']}, "
                      f"checkpoint {res['checkpoint']['method']} {res['checkpoint']['sha256'][:12]}"
                      + (f", train subset {c['limit_train']}" if c.get("limit_train") else ""))
@@ -168,7 +168,7 @@ def make_table(results: list[dict], labels: list[str] = (), paper: str | None = 
               help="Row label per RESULT, in order; 'name=row' maps it to a paper row (letter or name).")
 @click.option("--metric", type=click.Choice(["final", "best"]), default="final", show_default=True,
               help="final: last epoch's accuracy; best: max over evaluated epochs (selected on the eval set).")
-@click.option("--out", default="table.md", show_default=True, help="Markdown file to write ('-': print only).")
+@click.option("--out", default="table.md", show_default=True, help="Markdown file to write, relative to the current folder ('-': print only).")
 def main(results: tuple[str, ...], paper: str | None, labels: tuple[str, ...], metric: str, out: str) -> None:
     """Print (and write) a Markdown table of probe results, rows = methods, columns = layers."""
     found, labels = read_results(list(results), list(labels))
@@ -176,7 +176,8 @@ def main(results: tuple[str, ...], paper: str | None, labels: tuple[str, ...], m
     click.echo(text)
     if out != "-":
         write_output(out, text)
-        click.echo(f"wrote {out}", err=True)
+        # The default lands in the current folder: say where, and how not to write it.
+        click.echo(f"wrote {os.path.abspath(out)} (--out - only prints the table)", err=True)
 
 
 if __name__ == "__main__":

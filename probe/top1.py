@@ -23,7 +23,7 @@ import torch
 
 from augment.files import describe_os_error, file_digest, write_text_atomic
 from probe.backbone import state_hash, strip_prefixes
-from train.checkpoint import CHECKPOINT, load_checkpoint
+from train.checkpoint import CHECKPOINT, REQUIRED, load_checkpoint
 from train.classifier import DEFAULT_INPUT, build_classifier, score
 from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
 from train.models import EncoderSpec
@@ -92,7 +92,7 @@ def load_classifier(ck: dict, path: str, num_classes: int, input_size: int) -> t
 def run_top1(cfg: Top1Config) -> dict:
     """Evaluate the checkpoint on the data's evaluation split; writes and returns the record."""
     path = os.path.join(cfg.checkpoint, CHECKPOINT) if os.path.isdir(cfg.checkpoint) else cfg.checkpoint
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, require=REQUIRED)
     frozen = check_frozen(ck, cfg)
     run_cfg = ck.get("config") or {}
     arch = ck["encoder_spec"]["arch"]

@@ -115,15 +115,19 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 def test_checkpoint_architecture_wins_on_resume(toy_set, tmp_path):
     out = tmp_path / "run"
     assert invoke("--shards", toy_set, "--out", out, *FAST, "--max-steps", 1).exit_code == 0
-    # The command line asks for another architecture and crop: the checkpoint's are used.
-    args = ["--shards", toy_set, "--out", out, "--batch-size", "4", "--workers", "0", "--device", "cpu",
-            "--eval-batches", "0", "--arch", "alexnet", "--crop", "64", "--max-steps", "2", "--resume"]
-    r = invoke(*args)
+    base = ["--shards", toy_set, "--out", out, "--batch-size", "4", "--workers", "0", "--device", "cpu",
+            "--eval-batches", "0", "--max-steps", "2", "--resume"]
+    # Another architecture asked for explicitly is refused (issue 23), naming each option.
+    r = invoke(*base, "--arch", "alexnet", "--crop", "64")
+    assert r.exit_code == 1 and "--arch alexnet (it was trained with small), --crop 64 (it was trained with 28)" \
+        in r.output and "give --arch small --crop 28" in r.output
+    # Left at their defaults, the model options are the checkpoint's.
+    r = invoke(*base)
     assert r.exit_code == 0, r.output
     ck = load_checkpoint(str(out))
     assert ck["encoder_spec"]["arch"] == "small" and ck["config"]["crop"] == 28 and ck["step"] == 2
     headers = [l for l in logs(out) if "git" in l]
-    assert headers[1]["arch_from_checkpoint"] == {"arch": "small", "crop": 28}
+    assert len(headers) == 2 and headers[1]["arch_from_checkpoint"] == {"arch": "small", "crop": 28}
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(toy_set, tmp_path, monkeypatch):

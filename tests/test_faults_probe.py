@@ -352,3 +352,93 @@ def test_sigkill_during_the_cache_write_is_survived(tmp_path):
     assert clean.exit_code == 0, clean.output
     assert json.load(open(tmp_path / "again" / RESULT))["top1"] == json.load(open(tmp_path / "clean" / RESULT))["top1"]
     assert not [f for _, _, files in os.walk(cache) for f in files if ".partial-" in f]
+
+
+# --------------------------------------------------------------------------- issue 23 (field test)
+
+
+def test_a_dangling_symlink_in_a_probe_folder_is_one_line(tmp_path):
+    root, ck = make_tree(tmp_path / "tree", splits=("train", "val"), per_class=2, size=40), make_ckpt(tmp_path, "alexnet")
+    link = os.path.join(root, "train", "c1", "gone.jpg")
+    os.symlink(str(tmp_path / "nowhere.jpg"), link)
+    args = ["--checkpoint", ck, "--dataset", "imagefolder", "--data-root", root, "--epochs", "1", "--workers", "0",
+            "--batch-size", "4", "--resize", "36", "--crop", "32", "--layers", "conv1", "--device", "cpu",
+            "--out", str(tmp_path / "a")]
+    r = run(args)
+    one_line_error(r, f"{link}: a symbolic link to a missing file ({tmp_path}/nowhere.jpg); remove the link "
+                      f"or restore its target")
+    assert not (tmp_path / "a" / RESULT).exists()
+
+
+def style(*args):
+    from probe.style import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_style_names_a_missing_input_and_refuses_an_elongated_image_up_front(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "fig.png"
+    r = style("--checkpoint", tmp_path / "none", "--content", tmp_path / "missing.jpg", "--style", tmp_path / "s.png",
+              "--out", out)
+    one_line_error(r, f"--content {tmp_path}/missing.jpg: no such file; give an existing image file")
+    Image.new("RGB", (20000, 20)).save(tmp_path / "long.png")
+    r = style("--checkpoint", tmp_path / "none", "--content", tmp_path / "long.png", "--style", tmp_path / "long.png",
+              "--out", out)
+    one_line_error(r, f"--content {tmp_path}/long.png: 20000 x 20 pixels resized to a shorter side of 256 would be "
+                      f"256000 x 256, more than 16,777,216 pixels; crop the image to a less elongated shape or "
+                      f"lower --size")
+    assert not out.exists()
+
+
+def test_visualize_names_a_missing_image(tmp_path):
+    from probe.pictures import read_image
+    import click
+
+    with pytest.raises(click.ClickException) as e:
+        read_image(str(tmp_path / "gone.png"), "--image")
+    assert e.value.message == f"--image {tmp_path}/gone.png: no such file; give an existing image file"
+
+
+def test_table_says_where_it_writes_and_counts_one_epoch_in_the_singular(tmp_path, monkeypatch):
+    res = fake_result(tmp_path, "r", "cifar10", [10.0, 20.0], epochs=1)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(table.main, [res])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path}/table.md (--out - only prints the table)" in r.output
+    assert "1 epoch (" in r.output and "1 epochs" not in r.output
+    assert (tmp_path / "table.md").read_text().strip() in r.output
+
+
+def test_bench_refuses_to_write_docs_from_a_stand_in(tmp_path, monkeypatch):
+    from tests.bench import render, run as bench
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Render (`augment render`)\n\nreal figures\n")
+    monkeypatch.setattr(render, "run", lambda quick: f"## Render (`augment render`)\n\n{render.STAND_IN}: x\n")
+    r = CliRunner().invoke(bench.main, ["--only", "render", "--out", str(doc)])
+    one_line_error(r, f"{doc} left as it is: ## Render (`augment render`) measured a stand-in, not the paper's "
+                      f"images (see STAND-IN INPUT above); set SHARED_DATA to the folder holding images/ and run again")
+    assert doc.read_text().endswith("real figures\n")
+
+
+def test_bench_render_names_its_stand_in_and_removes_it(tmp_path, monkeypatch):
+    from tests.bench import render
+
+    monkeypatch.setattr(render, "IMAGE_A", str(tmp_path / "absent.jpg"))
+    seen = []
+    monkeypatch.setattr(render, "_section", lambda src, path, quick: seen.append(path) or "section")
+    assert render.run(quick=True) == "section"
+    assert seen[0].endswith("synthetic.png") and not os.path.exists(os.path.dirname(seen[0]))
+
+
+def test_a_probe_on_a_checkpoint_without_its_encoder_is_one_line(tmp_path):
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path, "alexnet")
+    d = load_checkpoint(ck)
+    del d["encoder_spec"]
+    save_checkpoint(d, ck)
+    r = run(cifar_args(tmp_path, ck, root, "o", "--dataset", "imagefolder"))
+    one_line_error(r, f"{ck}: incomplete checkpoint (it lacks encoder_spec); restore it from a copy or train again")

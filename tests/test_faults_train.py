@@ -4,7 +4,11 @@ tests/test_loop.py; the augment and probe sides in tests/test_faults_augment.py,
 import errno
 import json
 import os
+import signal
+import sys
 import tarfile
+
+import click
 
 import numpy as np
 import pytest
@@ -129,3 +133,240 @@ def test_an_undecodable_image_is_named_or_skipped_and_counted(bad_folder, tmp_pa
     with open(tmp_path / "skip" / "log.jsonl") as f:
         epoch = [x for x in map(json.loads, f) if x.get("event") == "epoch"][-1]
     assert epoch["bad_images_skipped"] >= 1 and load_checkpoint(str(tmp_path / "skip"))["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- issue 23 (field test)
+
+from tests import toymethod  # noqa: E402
+
+TOY = ["--device", "cpu", "--workers", "0", "--log-every", "1"]
+
+
+def toy_run(*args):
+    return CliRunner().invoke(toymethod.cli, [str(a) for a in (*TOY, *args)])
+
+
+def log_lines(out):
+    return (out / "log.jsonl").read_text().splitlines()
+
+
+def error_line(r) -> str:
+    assert one_line(r), r.output
+    return next(ln for ln in r.output.splitlines() if ln.startswith("Error:"))
+
+
+def _worker(lock_path: str, report_w: int, go_w: int) -> None:
+    from train.loader import worker
+
+    worker.detach_worker()
+    fds = []
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/self/fd/{n}"))
+        except OSError:
+            pass
+    os.write(report_w, b"1" if lock_path not in fds else b"0")
+    os.write(go_w, b"1")
+    signal.pause()                                # until PR_SET_PDEATHSIG kills it
+
+
+def _trainer(lock_path: str, report_w: int, alive_w: int) -> None:
+    from train.loader import worker
+
+    worker.hold(lock_path)
+    go_r, go_w = os.pipe()
+    if os.fork() == 0:
+        try:
+            _worker(lock_path, report_w, go_w)
+        finally:
+            os._exit(0)
+    os.close(alive_w)
+    os.read(go_r, 1)                              # the worker has detached and reported
+    os.kill(os.getpid(), signal.SIGKILL)          # the trainer is killed, as by `kill -9`
+
+
+def test_a_worker_closes_its_copy_of_the_lock_and_dies_with_its_parent(tmp_path):
+    """A forked DataLoader worker (detach_worker) keeps no fd of the folder lock and is killed with its
+    trainer, so the lock ends with the trainer. Synchronised by pipes, no sleeps."""
+    import select
+    from augment.lock import folder_lock
+
+    with folder_lock(str(tmp_path / "run" / ".train"), "test") as lock:
+        report_r, report_w = os.pipe()
+        alive_r, alive_w = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            try:
+                _trainer(lock.path, report_w, alive_w)
+            finally:
+                os._exit(0)
+        os.close(alive_w)
+        os.close(report_w)
+        os.waitpid(middle, 0)
+        assert os.read(report_r, 1) == b"1"       # the worker held no fd of the lock file
+        # EOF on a pipe only the worker still holds: the worker died with its parent
+        assert select.select([alive_r], [], [], 120)[0] and os.read(alive_r, 1) == b""
+
+
+def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tmp_path, monkeypatch):
+    from train.run import Run
+
+    out = tmp_path / "run"
+    assert toy_run("--out", out, "--max-steps", 8).exit_code == 0
+    args = [*TOY, "--out", str(out), "--max-steps", "16", "--resume"]
+    monkeypatch.setattr(sys, "argv", ["toymethod.py", *args])
+    real = Run.finite
+
+    def interrupted(self, stats):
+        if self.step == 10:
+            raise KeyboardInterrupt
+        return real(self, stats)
+
+    monkeypatch.setattr(Run, "finite", interrupted)
+    before = (out / "checkpoint.pt").read_bytes()
+    r = CliRunner().invoke(toymethod.cli, args)
+    assert error_line(r) == (f"Error: interrupted at step 10; {out}/checkpoint.pt holds the run up to step 8, "
+                             f"1 epoch complete; resume with: python -m tests.toymethod {' '.join(args)}")
+    assert r.exit_code == 1 and (out / "checkpoint.pt").read_bytes() == before
+    assert not (out / ".train" / "lock").exists()
+
+
+def test_a_run_ends_saying_why_it_stopped_where_its_checkpoint_is_and_how_to_continue(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = [*TOY, "--out", str(out), "--max-steps", "3"]
+    monkeypatch.setattr(sys, "argv", ["toymethod.py", *args])
+    r = CliRunner().invoke(toymethod.cli, args)
+    assert r.exit_code == 0
+    assert (f"stopped at step 3: --max-steps 3 reached; checkpoint: {out}/checkpoint.pt; to continue: "
+            f"python -m tests.toymethod {' '.join(args)} --resume") in r.output
+
+
+def test_full_disk_in_torch_zip_writer_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import shutil
+    from train import checkpoint
+
+    out = tmp_path / "run"
+    assert toy_run("--out", out, "--max-steps", 4).exit_code == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    real = torch.save
+
+    def full(obj, f, *a, **k):
+        if isinstance(f, str) and ".partial-" in f:
+            with open(f, "wb") as fh:
+                fh.write(b"\0" * 100)
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    r = toy_run("--out", out, "--max-steps", 8, "--resume")
+    monkeypatch.undo()
+    line = error_line(r)
+    assert line.startswith(f"Error: {out}: no space left on the device, 4,096 bytes free; about ")
+    assert line.endswith("bytes are needed; free some space or write elsewhere (the last good checkpoint.pt is kept)")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not [n for n in os.listdir(out) if ".partial" in n]
+    assert toy_run("--out", out, "--max-steps", 8, "--resume").exit_code == 0   # still resumable
+
+
+def test_full_disk_while_logging_is_one_line_and_keeps_the_log_and_checkpoint(tmp_path, monkeypatch):
+    from tests.faults import LimitedFile
+    from train import run as run_mod
+
+    out = tmp_path / "run"
+    assert toy_run("--out", out, "--max-steps", 4).exit_code == 0
+    log, ck = (out / "log.jsonl").read_text(), (out / "checkpoint.pt").read_bytes()
+
+    def limited(path, mode="r", *a, **k):
+        f = open(path, mode, *a, **k)
+        return LimitedFile(f, room=0) if str(path).endswith("log.jsonl") and "a" in mode else f
+
+    monkeypatch.setattr(run_mod, "open", limited, raising=False)
+    r = toy_run("--out", out, "--max-steps", 8, "--resume")
+    monkeypatch.undo()
+    line = error_line(r)
+    assert line.startswith(f"Error: {out}: no space left on the device") and "bytes are needed" in line
+    assert line.endswith(f"(the log so far and {out}/checkpoint.pt are kept)")
+    assert (out / "log.jsonl").read_text() == log and (out / "checkpoint.pt").read_bytes() == ck
+
+
+def test_a_refused_resume_leaves_no_header_in_the_log(tmp_path):
+    out = tmp_path / "run"
+    assert toy_run("--out", out, "--max-steps", 4).exit_code == 0
+    before = log_lines(out)
+    r = toy_run("--out", out, "--max-steps", 8, "--resume", "--batch-size", 8)
+    assert "--resume: the training inputs differ from the checkpoint's (batch-size 4 -> 8)" in error_line(r)
+    assert log_lines(out) == before
+    assert toy_run("--out", out, "--max-steps", 8, "--resume").exit_code == 0
+    heads = [json.loads(ln) for ln in log_lines(out) if '"argv"' in ln]
+    assert len(heads) == 2 and heads[1]["resume"] is True and heads[1]["config"]["batch_size"] == 4
+
+
+@pytest.mark.parametrize("lacks", ["config", "state"])
+def test_a_checkpoint_without_its_config_or_state_is_one_line(tmp_path, lacks):
+    from train.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    assert toy_run("--out", out, "--max-steps", 4).exit_code == 0
+    ck = load_checkpoint(str(out))
+    del ck[lacks]
+    save_checkpoint(ck, str(out / "checkpoint.pt"))
+    r = toy_run("--out", out, "--max-steps", 8, "--resume")
+    assert error_line(r).startswith(f"Error: {out}/checkpoint.pt: incomplete checkpoint (it lacks {lacks})")
+    assert r.exit_code == 1
+
+
+def test_a_checkpoint_without_its_payload_is_one_line(tmp_path):
+    from train.checkpoint import CKPT_FORMAT
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": CKPT_FORMAT, "version": 2, "sha256": "0"}, str(path))
+    with pytest.raises(click.ClickException, match="incomplete checkpoint .it has the checkpoint marker but no payload"):
+        load_checkpoint(str(path))
+
+
+def test_resume_refuses_an_explicitly_changed_architecture(toy, tmp_path):
+    out = tmp_path / "run"
+    assert rot("--shards", toy, "--out", out, *FAST, "--max-steps", 2).exit_code == 0
+    before = (out / "checkpoint.pt").read_bytes(), log_lines(out)
+    fast = [a if a != "small" else "alexnet" for a in FAST]
+    r = rot("--shards", toy, "--out", out, *fast, "--max-steps", 4, "--resume")
+    assert error_line(r) == (f"Error: --resume: --arch alexnet (it was trained with small): the model cannot "
+                             f"change in the middle of a run; drop the option or give --arch small to continue "
+                             f"{out}/checkpoint.pt, or start a new run in another --out")
+    assert ((out / "checkpoint.pt").read_bytes(), log_lines(out)) == before
+    # not given: the checkpoint's architecture is kept
+    rest = [a for a in FAST if a not in ("--arch", "small")]
+    assert rot("--shards", toy, "--out", out, *rest, "--max-steps", 4, "--resume").exit_code == 0
+    assert load_checkpoint(str(out))["config"]["arch"] == "small"
+
+
+def test_nan_before_the_first_checkpoint_does_not_advise_resuming(tmp_path):
+    out = tmp_path / "run"
+    r = toy_run("--out", out, "--nan-at", 2)
+    assert error_line(r) == (f"Error: loss is nan at epoch 0 step 1; no checkpoint was written, so there is "
+                             f"nothing to resume. Check the data (`python -m augment verify`), then start again "
+                             f"in a new --out (or after deleting {out}) with a lower learning rate (--lr) or "
+                             f"another --seed")
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_symlink_loop_in_an_image_folder_counts_each_image_once(tmp_path):
+    from train.loader.folder import open_splits
+
+    cls = tmp_path / "data" / "train" / "a"
+    cls.mkdir(parents=True)
+    for i in range(10):
+        Image.new("RGB", (8, 8)).save(cls / f"{i}.png")
+    (cls / "loop").symlink_to("..")
+    assert len(open_splits(str(tmp_path / "data"), "imagefolder", None, None).train) == 10
+
+
+def test_an_eval_split_without_train_is_named(tmp_path):
+    from train.loader.folder import open_splits
+
+    (tmp_path / "data" / "test" / "a").mkdir(parents=True)
+    with pytest.raises(click.ClickException) as e:
+        open_splits(str(tmp_path / "data"), "imagefolder", None, None)
+    assert e.value.message == (f"--data {tmp_path}/data: has test/ but no train/; expected "
+                               f"{tmp_path}/data/train/<class>/<image> beside test/")

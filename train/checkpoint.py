@@ -8,8 +8,10 @@ read. ``load_checkpoint`` returns the checkpoint dict in both cases.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 import time
 from typing import Any
 
@@ -22,6 +24,8 @@ from augment.files import atomic_path, bytes_digest, describe_os_error
 CHECKPOINT = "checkpoint.pt"
 CKPT_FORMAT = "single-image-ssl/checkpoint"
 CKPT_VERSION = 2
+# What every reader takes from a checkpoint: one that lacks any of them is refused in one line.
+REQUIRED = ("method", "config", "encoder_spec", "encoder")
 
 
 def save_checkpoint(ck: dict[str, Any], path: str) -> None:
@@ -36,6 +40,21 @@ def save_checkpoint(ck: dict[str, Any], path: str) -> None:
     except OSError as e:
         raise click.ClickException(describe_os_error(e, path, need=len(payload)) +
                                    f" (the last good {os.path.basename(path)} is kept)") from None
+    except RuntimeError as e:
+        # torch's zip writer reports a failed write (a full disk) as RuntimeError, not OSError.
+        raise click.ClickException(_write_failed(e, path, len(payload))) from None
+
+
+def _write_failed(e: RuntimeError, path: str, need: int) -> str:
+    """The one line for a RuntimeError from torch.save: a full disk when the space left is short."""
+    kept = f" (the last good {os.path.basename(path)} is kept)"
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        free = None
+    if free is None or free < 2 * need + (1 << 20):   # the new file sits beside the old one until the rename
+        return describe_os_error(OSError(errno.ENOSPC, "No space left on device", path), path, need=need) + kept
+    return f"{path}: cannot be written ({str(e).splitlines()[0][:200]}); about {need:,} bytes are needed" + kept
 
 
 def _open(path: str) -> Any:
@@ -46,8 +65,9 @@ def _open(path: str) -> Any:
                                    f"the file is damaged or not a checkpoint") from None
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint written by any trainer; anything else, or damaged bytes, is one clear error."""
+def load_checkpoint(path: str, require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint written by any trainer; anything else, damaged bytes, or a checkpoint that lacks
+    one of the ``require``d entries (e.g. ``REQUIRED``) is one clear error."""
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT)
     if not os.path.isfile(path):
@@ -57,10 +77,17 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise click.ClickException(f"{path}: not a checkpoint of this project (no {CKPT_FORMAT!r} marker)")
     if ck.get("version", 1) >= 2:
+        if "payload" not in ck:
+            raise click.ClickException(f"{path}: incomplete checkpoint (it has the checkpoint marker but no "
+                                       f"payload); restore it from a copy or train again")
         if bytes_digest(ck["payload"]) != ck.get("sha256"):
             raise click.ClickException(f"{path}: damaged (its payload's sha256 differs from the one recorded "
                                        f"when it was written); restore it from a copy or train again")
         ck = torch.load(io.BytesIO(ck["payload"]), map_location="cpu", weights_only=False)
+    missing = [k for k in require if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise click.ClickException(f"{path}: incomplete checkpoint (it lacks {', '.join(missing)}); restore it "
+                                   f"from a copy or train again")
     return ck
 
 

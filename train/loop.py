@@ -21,6 +21,9 @@ them. docs/training.md describes the contract.
 """
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from typing import Any, ClassVar
 
 import click
@@ -228,12 +231,59 @@ def fit(method: Method) -> dict[str, Any]:
         state = run.restore(objects)
         method.load_extra(state.extra)
         check_resume(run, method, objects, state)
-        return run_epochs(run, method, objects, state)
+        run.accept()
+        summary = run_epochs(run, method, objects, state)
+        run.echo(stop_line(run, method))
+        return summary
+    except KeyboardInterrupt:
+        raise click.ClickException(interrupted_line(run, method)) from None
     finally:
         run.close()
 
 
+def resume_command(method: Method) -> str:
+    """The command line of this run with ``--resume`` (what continues it)."""
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    return shlex.join(["python", "-m", type(method).__module__, *args, "--resume"])
+
+
+def stop_line(run: Run, method: Method) -> str:
+    """Why the run stopped, where its checkpoint is and the command that continues it (one line)."""
+    cfg = run.cfg
+    if cfg.stop_at_step and run.step >= cfg.stop_at_step:
+        why = f"--stop-at-step {cfg.stop_at_step} reached"
+    elif cfg.max_steps and run.step >= cfg.max_steps:
+        why = f"--max-steps {cfg.max_steps} reached"
+    elif run.budget.seconds > 0 and run.budget.exceeded:
+        why = f"--time-budget {cfg.time_budget:g} s spent"
+    else:
+        why = f"all {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} done"
+    kept = run.ckpt_path if os.path.isfile(run.ckpt_path) else "none written"
+    return f"stopped at step {run.step}: {why}; checkpoint: {kept}; to continue: {resume_command(method)}"
+
+
+def interrupted_line(run: Run, method: Method) -> str:
+    """The one line of a Ctrl-C: what the last checkpoint holds and the command that resumes from it."""
+    if not os.path.isfile(run.ckpt_path):
+        return (f"interrupted at step {run.step} before the first checkpoint; nothing to resume: run the "
+                f"same command again (in a new --out, or after deleting {run.cfg.out})")
+    try:
+        from train.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(run.ckpt_path)
+        done = f"step {ck['step']}, {ck['epoch']} epoch{'s' if ck['epoch'] != 1 else ''} complete"
+    except (click.ClickException, KeyError):
+        done = "its last save"
+    return (f"interrupted at step {run.step}; {run.ckpt_path} holds the run up to {done}; "
+            f"resume with: {resume_command(method)}")
+
+
 def echo_stats(stats: dict[str, Any]) -> None:
-    """The final statistics on one line of stderr (what a command prints when it ends)."""
+    """The final statistics on one line of stderr (what a command prints when it ends); rank 0 only.
+
+    ``batches_done`` counts the batches of the last epoch, so the line calls it ``batches_in_last_epoch``."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    stats = {("batches_in_last_epoch" if k == "batches_done" else k): v for k, v in stats.items()}
     click.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()
                         if not isinstance(v, (dict, list))), err=True)

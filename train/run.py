@@ -32,8 +32,9 @@ from augment.files import describe_os_error, remove_stale_temps
 from augment.lock import folder_lock
 from augment.provenance import git_revision, library_versions
 from augment.seeds import mix
-from train.checkpoint import CHECKPOINT, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
+from train.checkpoint import CHECKPOINT, REQUIRED, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
 from train.config import AMP_CHOICES, CommonConfig
+from train.loader.worker import hold, release
 
 LOG = "log.jsonl"
 # /proc/cpuinfo flags of x86 CPUs that compute bf16 natively; elsewhere bf16 autocast is emulated and
@@ -179,10 +180,33 @@ class ResumeState:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def merge_arch(cfg: CommonConfig, saved: dict[str, Any]) -> tuple[CommonConfig, dict[str, tuple]]:
-    """Return ``cfg`` with its ``ARCH_FIELDS`` taken from a checkpoint's saved config, and what changed."""
+def given_on_command_line() -> set[str]:
+    """The options the running click command got explicitly (not defaults); empty outside a command."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return set()
+    return {k for k in ctx.params if ctx.get_parameter_source(k) not in
+            (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+def merge_arch(cfg: CommonConfig, saved: dict[str, Any], given: set[str] | None = None,
+               where: str = "the checkpoint") -> tuple[CommonConfig, dict[str, tuple]]:
+    """Return ``cfg`` with its ``ARCH_FIELDS`` taken from a checkpoint's saved config, and what changed.
+
+    A model option given explicitly (``given``) with another value than the checkpoint's is refused: the
+    run would otherwise go on silently with the checkpoint's model, not the one asked for.
+    """
     changed = {k: (getattr(cfg, k), saved[k]) for k in cfg.ARCH_FIELDS
                if k in saved and saved[k] != getattr(cfg, k)}
+    asked = {k: v for k, v in changed.items() if k in (given or set())}
+    if asked:
+        said = ", ".join(f"--{k.replace('_', '-')} {a} (it was trained with {b})" for k, (a, b) in asked.items())
+        back = " ".join(f"--{k.replace('_', '-')} {b}" for k, (a, b) in asked.items())
+        raise click.ClickException(f"--resume: {said}: the model cannot change in the middle of a run; drop "
+                                   f"the option or give {back} to continue {where}, or start a new run in "
+                                   f"another --out")
     return dataclasses.replace(cfg, **{k: v[1] for k, v in changed.items()}), changed
 
 
@@ -215,7 +239,13 @@ class Run:
 
     def __init__(self, cfg: CommonConfig, method: str):
         self.method = method
-        device = resolve_device(cfg.device)
+        try:
+            device = resolve_device(cfg.device)
+        except click.ClickException:
+            # Under torchrun every rank finds the same fault: rank 0 says it, the others only fail.
+            if int(os.environ.get("RANK", "0")) != 0:
+                sys.exit(1)
+            raise
         self.dist, self.device = init_distributed(device)
         self.amp_dtype, why_fp32 = amp_dtype(self.device, cfg.amp)
         if why_fp32:
@@ -230,11 +260,17 @@ class Run:
                 if not os.path.isfile(self.ckpt_path):
                     raise click.ClickException(f"--resume: no checkpoint at {self.ckpt_path}; drop --resume to "
                                                f"start a new run there")
-                self.saved = load_checkpoint(self.ckpt_path)
+                self.saved = load_checkpoint(self.ckpt_path, require=REQUIRED)
                 if self.saved.get("method") != method:
                     raise click.ClickException(f"{self.ckpt_path} was written by {self.saved.get('method')!r}, "
                                                f"not {method!r}; use another --out")
-                cfg, self.arch_changes = merge_arch(cfg, self.saved["config"])
+                lacks = [k for k in ("state", "rng", "epoch", "step") if k not in self.saved]
+                if lacks:
+                    raise click.ClickException(f"{self.ckpt_path}: incomplete checkpoint (it lacks "
+                                               f"{', '.join(lacks)}), so it cannot be resumed; drop --resume "
+                                               f"and use another --out to start again")
+                cfg, self.arch_changes = merge_arch(cfg, self.saved["config"], given_on_command_line(),
+                                                    self.ckpt_path)
             elif os.path.isfile(self.ckpt_path):
                 raise click.ClickException(f"{cfg.out} already holds a run; pass --resume to continue it or "
                                            f"choose another --out")
@@ -245,6 +281,9 @@ class Run:
             self.budget = TimeBudget(cfg.time_budget)
             seed_everything(cfg.seed, self.dist.rank)
             self.log_path = os.path.join(cfg.out, LOG)
+            # Records wait here until the run is accepted (``accept``): a run refused after this point
+            # (changed inputs on --resume, a bad option found by build) leaves no header in the log.
+            self._pending: list[str] | None = []
             self._header()
         except BaseException:
             self._hold.close()
@@ -256,7 +295,11 @@ class Run:
             os.makedirs(out, exist_ok=True)
         except OSError as e:
             raise click.ClickException(f"--out {out}: cannot create the folder ({describe_os_error(e, out)})") from None
-        self._hold.enter_context(folder_lock(os.path.join(out, ".train"), f"train into {out}"))
+        lock = self._hold.enter_context(folder_lock(os.path.join(out, ".train"), f"train into {out}"))
+        # DataLoader workers close their inherited copy of the lock (train.loader.worker): the lock then
+        # ends with this process, even when a worker outlives it for a moment.
+        hold(lock.path)
+        self._hold.callback(release, lock.path)
         remove_stale_temps(out)
 
     # ---- logging
@@ -277,8 +320,25 @@ class Run:
         if not _first:
             record = {"epoch": self.epoch, "step": self.step,
                       "elapsed_s": round(time.time() - self.t0, 3)} | record
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record, sort_keys=not _first, default=str) + "\n")
+        line = json.dumps(record, sort_keys=not _first, default=str) + "\n"
+        if self._pending is not None:
+            self._pending.append(line)
+            return
+        self._append(line)
+
+    def accept(self) -> None:
+        """The run goes ahead: write the records held back since it started (header first)."""
+        pending, self._pending = self._pending or [], None
+        if pending:
+            self._append("".join(pending))
+
+    def _append(self, text: str) -> None:
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(text)
+        except OSError as e:
+            raise click.ClickException(describe_os_error(e, self.log_path, need=len(text.encode())) +
+                                       f" (the log so far and {self.ckpt_path} are kept)") from None
 
     def echo(self, msg: str) -> None:
         if self.dist.is_main:
@@ -307,11 +367,16 @@ class Run:
         for key, v in values.items():
             if not math.isfinite(v):
                 self.log({"event": "non_finite", "what": key, "value": str(v)})
-                kept = self.ckpt_path if os.path.isfile(self.ckpt_path) else "none written yet"
+                what = f"{key.replace('_', ' ')} is {v} at epoch {self.epoch} step {self.step}"
+                if not os.path.isfile(self.ckpt_path):
+                    raise NonFiniteLoss(
+                        f"{what}; no checkpoint was written, so there is nothing to resume. Check the data "
+                        f"(`python -m augment verify`), then start again in a new --out (or after deleting "
+                        f"{self.cfg.out}) with a lower learning rate (--lr) or another --seed")
                 raise NonFiniteLoss(
-                    f"{key.replace('_', ' ')} is {v} at epoch {self.epoch} step {self.step}; last good "
-                    f"checkpoint: {kept}. Check the data (`python -m augment verify`), then continue from "
-                    f"that checkpoint with a lower learning rate (`--resume --lr X`) or a new seed")
+                    f"{what}; last good checkpoint: {self.ckpt_path}. Check the data (`python -m augment "
+                    f"verify`), then continue from that checkpoint with a lower learning rate "
+                    f"(`--resume --lr X`) or a new seed")
         return {k: float(v) for k, v in values.items()}
 
     @property

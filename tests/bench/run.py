@@ -16,6 +16,7 @@ import click
 from augment.files import write_text_atomic
 from augment.provenance import cpu_model, git_revision
 
+STAND_IN = "STAND-IN INPUT"    # the mark of a section measured without its real input (render.py)
 SECTIONS = ["render", "variants", "loader", "loop", "cluster", "probe", "gans", "precision"]
 
 
@@ -44,6 +45,13 @@ def main(out: str, only: tuple[str, ...], quick: bool) -> None:
     if quick:
         click.echo(text)
         return
+    stand_in = [p.splitlines()[0] for p in parts[1:] if STAND_IN in p]
+    if stand_in:
+        # Figures from a stand-in must not replace the committed ones: show them, write nothing.
+        click.echo(text)
+        raise click.ClickException(f"{out} left as it is: {', '.join(stand_in)} measured a stand-in, not the "
+                                   f"paper's images (see {STAND_IN} above); set SHARED_DATA to the folder "
+                                   f"holding images/ and run again")
     if only and os.path.isfile(out):
         with open(out) as f:
             text = splice(f.read(), parts[1:], parts[0])

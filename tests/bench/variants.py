@@ -108,7 +108,8 @@ def released_table(sizes: dict[str, tuple[int, int]], n: int, size: int) -> str:
 def run(quick: bool = False) -> str:
     """The variants section: Markdown tables of every measured difference."""
     if not all(os.path.isfile(os.path.join(IMAGES, f)) for f in FILES.values()):
-        return f"## Render variants\n\nSkipped: the paper's images are not at {IMAGES}.\n"
+        return (f"## Render variants (docs/variants.md)\n\nSTAND-IN INPUT: skipped, the paper's images "
+                f"({', '.join(FILES.values())}) are not at {IMAGES}.\n")
     srcs = {k: load(f, os.path.join(IMAGES, f)) for k, f in FILES.items()}
     sizes = {k: (s.rgb.shape[1], s.rgb.shape[0]) for k, s in srcs.items()}
     n = 2000 if quick else 200_000

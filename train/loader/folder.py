@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from augment.seeds import mix
+from train.loader.worker import worker_init
 
 DATASETS = ("imagefolder", "cifar10", "cifar100")
 
@@ -58,10 +59,30 @@ def _image_folder(path: str, transform: Callable) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(path, transform=transform)
+        ds = ImageFolder(path, transform=transform)
     except FileNotFoundError as e:  # no class folder, or class folders without images
         raise click.ClickException(f"--data {path}: no images in ImageFolder layout ({e}); expected "
                                    f"{path}/<class>/<image>") from None
+    return once_each(ds)
+
+
+def once_each(ds: Dataset) -> Dataset:
+    """Keep each file once: ImageFolder follows symbolic links, so a link loop (a folder linking to its
+    parent) lists the same images again at every level, silently multiplying the training set."""
+    seen: set[str] = set()
+    kept = []
+    for path, label in ds.samples:
+        try:
+            real = os.path.realpath(path, strict=True)
+        except OSError as e:
+            raise click.ClickException(f"{path}: cannot be read ({e.strerror or e}); a symbolic link to a "
+                                       f"missing file, or a link loop: remove it") from None
+        if real not in seen:
+            seen.add(real)
+            kept.append((path, label))
+    ds.samples = ds.imgs = kept
+    ds.targets = [label for _, label in kept]
+    return ds
 
 
 def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable) -> Splits:
@@ -83,6 +104,11 @@ def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable) 
                                        f"torchvision or use --dataset imagefolder") from None
         return Splits(tr, ev, list(tr.classes), "test")
     if not os.path.isdir(os.path.join(data, "train")):
+        # With val/ or test/ there, the folder is split: read as one class each, they would be trained on.
+        splits = [n for n in ("val", "test") if os.path.isdir(os.path.join(data, n))]
+        if splits:
+            raise click.ClickException(f"--data {data}: has {splits[0]}/ but no train/; expected "
+                                       f"{os.path.join(data, 'train')}/<class>/<image> beside {splits[0]}/")
         tr = _image_folder(data, train_tf)
         return Splits(tr, None, list(tr.classes))
     tr = _image_folder(os.path.join(data, "train"), train_tf)
@@ -202,7 +228,8 @@ class FolderLoader:
         return _Batches(DataLoader(self.data, batch_size=self.batch_size,
                                    sampler=_Skip(sampler, skip * self.batch_size), num_workers=self.workers,
                                    drop_last=self.shuffle, pin_memory=self.pin_memory,
-                                   prefetch_factor=4 if self.workers else None))
+                                   prefetch_factor=4 if self.workers else None,
+                                   worker_init_fn=worker_init if self.workers else None))
 
 
 def make_folder_loader(ds: Dataset, *, batch_size: int, workers: int, seed: int, rank: int = 0,

@@ -24,6 +24,7 @@ from train.loader.plan import piece_sizes, plan_epoch, skipped_per_role, worker_
 from train.loader.read import ShardError
 from train.loader.shuffle import slot_samples
 from train.loader.transform import CropFlip, Transform
+from train.loader.worker import detach_worker
 
 PREFETCH = 2   # batches each worker prepares ahead (DataLoader's prefetch_factor)
 
@@ -119,7 +120,9 @@ class EpochBatches:
 
 
 def _worker_init(_: int) -> None:
-    """One thread per worker (torch and OpenCV): W workers then use W cores instead of fighting."""
+    """One thread per worker (torch and OpenCV): W workers then use W cores instead of fighting; the worker
+    dies with its parent and does not keep the folder lock (``train.loader.worker``)."""
+    detach_worker()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
