@@ -187,3 +187,14 @@ def test_wrn_student_checkpoint_loads_in_probe_top1(toy_set, eval_data, tmp_path
     assert r.exit_code == 0, r.output
     record = json.loads((tmp_path / "top1.json").read_text())
     assert record["classes"] == 2 and 0 <= record["top1"] <= 100
+
+
+def test_pipeline_argv_parse_as_their_commands():
+    from train import supervised
+
+    teacher, student = distill.pipeline_argv("cifar", "runs/t", 100, "set", "runs/s", 50, 3)
+    assert teacher[0] == "train.supervised" and student[0] == "train.distill"
+    ctx = supervised.cli.make_context("supervised", teacher[1:])
+    assert ctx.params["max_steps"] == 100 and ctx.params["arch"] == "small"
+    ctx = distill.cli.make_context("distill", student[1:])
+    assert ctx.params["max_steps"] == 50 and ctx.params["seed"] == 3 and ctx.params["teacher"] == "runs/t"
