@@ -107,13 +107,16 @@ def test_checkpoint_and_torchvision_teachers_load(tmp_path, monkeypatch):
         distill.load_teacher("torchvision:nonesuch")
 
 
-def agreement(student, teacher, data):
-    from torchvision.io import read_image
+def agreement(student, teacher, shards):
+    """(top-1 agreement, KL(teacher || student) at T = 1) on the 64 patches of a held-out toy set."""
+    from tests.toyset import make_toy_set
+    from train.loader import make_loader
 
-    xs = torch.stack([read_image(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs])
-    x = xs.float() / 127.5 - 1
+    make_toy_set(shards, count=64, size=32, per_shard=64, seed=7)
+    x = next(iter(make_loader(shards, batch_size=64, workers=0, seed=0).epoch(0)))[0].float() / 127.5 - 1
     with torch.no_grad():
-        return (student.eval()(x).argmax(1) == teacher.eval()(x).argmax(1)).float().mean().item()
+        s, t = student.eval()(x), teacher.eval()(x)
+    return (s.argmax(1) == t.argmax(1)).float().mean().item(), distill.kd_loss(s, t, 1.0).item()
 
 
 def test_few_steps_raise_agreement_and_keep_the_teacher(toy_set, eval_data, tmp_path):
@@ -130,8 +133,11 @@ def test_few_steps_raise_agreement_and_keep_the_teacher(toy_set, eval_data, tmp_
     assert r.exit_code == 0, r.output
     last = SmallClassifier(EncoderSpec(arch="small"), 2, 32)
     last.load_state_dict(load_checkpoint(str(tmp_path / "long"))["state"]["model"])
-    held_out = os.path.join(eval_data, "val")
-    assert agreement(last, teacher, held_out) > agreement(first, teacher, held_out)
+    held_out = str(tmp_path / "held-out")
+    # a random 2-class teacher says one class for almost every toy patch, so top-1 agreement starts near 1
+    # and says nothing; agreement is measured on the soft outputs the loss targets: KL(teacher || student) falls
+    (_, kl0), (_, kl1) = agreement(first, teacher, held_out), agreement(last, teacher, held_out)
+    assert kl1 < kl0
     lines = logs(tmp_path / "long")
     t = [l for l in lines if l.get("event") == "teacher"][0]
     assert t["teacher_sha256"] == before and "teacher_top1" in t
@@ -161,8 +167,11 @@ def test_bad_input_is_one_line(case, toy_set, eval_data, tmp_path):
              "temperature_nan": ["--temperature", "nan"], "temperature_inf": ["--temperature", "inf"]}.get(case, [])
     r = invoke("--shards", toy_set, "--teacher", tmp_path / "t.pt", "--eval-data", eval_data, "--eval-dataset",
                "imagefolder", "--out", tmp_path / "run", "--max-steps", 1, *FAST, *extra)
-    assert r.exit_code != 0 and "Traceback" not in r.output
-    assert r.output.strip().count("\n") == 0 and r.output.startswith("Error:"), r.output
+    assert r.exit_code != 0 and "Traceback" not in r.output and r.exception is None or \
+        isinstance(r.exception, SystemExit), r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and ("--temperature" in errors[0] if "temperature" in case else True), r.output
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_wrn_student_checkpoint_loads_in_probe_top1(toy_set, eval_data, tmp_path):
@@ -178,3 +187,14 @@ def test_wrn_student_checkpoint_loads_in_probe_top1(toy_set, eval_data, tmp_path
     assert r.exit_code == 0, r.output
     record = json.loads((tmp_path / "top1.json").read_text())
     assert record["classes"] == 2 and 0 <= record["top1"] <= 100
+
+
+def test_pipeline_argv_parse_as_their_commands():
+    from train import supervised
+
+    teacher, student = distill.pipeline_argv("cifar", "runs/t", 100, "set", "runs/s", 50, 3)
+    assert teacher[0] == "train.supervised" and student[0] == "train.distill"
+    ctx = supervised.cli.make_context("supervised", teacher[1:])
+    assert ctx.params["max_steps"] == 100 and ctx.params["arch"] == "small"
+    ctx = distill.cli.make_context("distill", student[1:])
+    assert ctx.params["max_steps"] == 50 and ctx.params["seed"] == 3 and ctx.params["teacher"] == "runs/t"

@@ -267,6 +267,19 @@ class Distill(Method):
         return self._score(run, self.model)
 
 
+def pipeline_argv(cifar: str, teacher_out: str, teacher_steps: int, shards: str, out: str, steps: int,
+                  seed: int, batch_size: int = 64, workers: int = 1, device: str = "cpu") -> tuple[list, list]:
+    """argv lists (after ``python -m``) for a small-encoder CIFAR-10 teacher (ImageFolder tree with train/ and
+    test/) trained for ``teacher_steps``, and a small-encoder student distilled from it on ``shards``."""
+    common = ["--batch-size", str(batch_size), "--workers", str(workers), "--device", device]
+    teacher = ["train.supervised", "--data", cifar, "--dataset", "imagefolder", "--arch", "small",
+               "--out", teacher_out, "--max-steps", str(teacher_steps), *common]
+    student = ["train.distill", "--shards", shards, "--teacher", teacher_out, "--eval-data", cifar,
+               "--eval-dataset", "imagefolder", "--student-arch", "small", "--recipe", "cifar", "--out", out,
+               "--max-steps", str(steps), "--seed", str(seed), *common]
+    return teacher, student
+
+
 def main(cfg: Config) -> dict:
     """Distil the teacher into a fresh student as configured; returns the last epoch's statistics."""
     return fit(Distill(cfg))
