@@ -244,7 +244,11 @@ def fit(method: Method) -> dict[str, Any]:
 def resume_command(method: Method) -> str:
     """The command line of this run with ``--resume`` (what continues it)."""
     args = [a for a in sys.argv[1:] if a != "--resume"]
-    return shlex.join(["python", "-m", type(method).__module__, *args, "--resume"])
+    module = type(method).__module__
+    if module == "__main__":       # `python -m train.rotnet`: the module's own name is in its spec
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else "train." + method.name
+    return shlex.join(["python", "-m", module, *args, "--resume"])
 
 
 def stop_line(run: Run, method: Method) -> str:
