@@ -444,9 +444,9 @@ def reading4(m4: list[Measured]) -> list[str]:
         out.append(f"- Scattering − Full sup.: {vs(scat, sup)} (paper {p['scattering'] - p['full-sup']:+.1f}).")
         if adapter is not None:
             out.append(f"- The adapter: Random + adapter − Random {vs(adapter, rand)}; Scattering − Random + adapter "
-                       f"{vs(scat, adapter)}. Scattering and Random + adapter train the same parameters above "
-                       f"conv2 (a 1×1 adapter, conv3, conv4 and the classifier), so the second difference is the "
-                       f"fixed transform's own share; the other rows train no adapter.")
+                       f"{vs(scat, adapter)}. Scattering and Random + adapter train the same layers above "
+                       f"conv2 (a 1×1 adapter, from 243 and from 256 channels, conv3, conv4 and the classifier), so "
+                       f"the second difference is the fixed transform's own share; the other rows train no adapter.")
         for m in m4:
             if m.row.source is not None and m.row.source.kind == "single" and isinstance(m.value, Spread):
                 out.append(f"- Scattering vs {m.row.label}: {vs(scat, m.value)} (paper: Scattering 49.2 below the "
