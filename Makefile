@@ -16,11 +16,15 @@ SEED ?= 0
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 OUT ?= shards/$(notdir $(basename $(IMG)))
 ARGS ?=
-# Named images (A, B, C) are looked up in $SOURCE_IMAGE_DIR; default to the workplace's shared copy if present.
-SOURCE_IMAGE_DIR ?= $(wildcard $(CURDIR)/../shared/data/images)
+# The paper's images (A, B, C): one name, SOURCE_IMAGE_DIR, for every command (render, repro, bench); the
+# shared copy when present. Relative, so pages record it as given. (IMAGES= is its older name.)
+ifdef IMAGES
+SOURCE_IMAGE_DIR := $(IMAGES)
+endif
+SOURCE_IMAGE_DIR ?= $(if $(wildcard ../shared/data/images),../shared/data/images)
 export SOURCE_IMAGE_DIR
 
-.PHONY: install pillow-simd test test-slow test-data bench gpu-check shards repro-cpu repro-ablation-cpu repro-gpu repro-finetune-cpu clean
+.PHONY: install pillow-simd test test-slow test-data bench gpu-check shards repro-cpu repro-ablation-cpu repro-gpu repro-finetune-cpu repro-distill-cpu clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -62,8 +66,8 @@ shards:
 
 # The paper's tables at reduced scale (python -m repro; docs/results/): each a resumable plan of steps with
 # step budgets and two seeds per row, at most an hour each on an idle 2-core CPU.
-# make repro-cpu [IMAGES=dir-with-animals.png] [CIFAR=cifar10-jpg.tar.gz] [REPRO_ARGS="--steps 400 --seeds 3"]
-REPRO_FLAGS = $(if $(IMAGES),--images $(IMAGES)) $(if $(CIFAR),--cifar $(CIFAR)) $(REPRO_ARGS)
+# make repro-cpu [SOURCE_IMAGE_DIR=dir-with-animals.png] [CIFAR=cifar10-jpg.tar.gz] [REPRO_ARGS="--steps 400 --seeds 3"]
+REPRO_FLAGS = $(if $(SOURCE_IMAGE_DIR),--images $(SOURCE_IMAGE_DIR)) $(if $(CIFAR),--cifar $(CIFAR)) $(REPRO_ARGS)
 
 repro-cpu:
 	$(PY) -m repro table3 $(REPRO_FLAGS)
@@ -84,12 +88,19 @@ repro-gpu:
 	  --monogan-steps $(MONOGAN_STEPS) --ablation-steps $(ABLATION_STEPS) --full-schedules --train-minutes 0 \
 	  --ablation-minutes 0 $(REPRO_FLAGS)
 
-# make repro-finetune-cpu [IMAGES=...] [CIFAR=...] [FINETUNE_ARGS="--retrain-steps 800"], after make repro-cpu:
+# make repro-finetune-cpu [SOURCE_IMAGE_DIR=...] [CIFAR=...] [FINETUNE_ARGS="--retrain-steps 800"], after make repro-cpu:
 # Tables 4 and 5 and Figs. 3 and 5 from its checkpoints (runs/repro-cpu) -> docs/results/finetune.md (+ figures)
-FINETUNE_FLAGS = $(if $(IMAGES),--images $(IMAGES)) $(if $(CIFAR),--cifar $(CIFAR)) $(FINETUNE_ARGS)
+FINETUNE_FLAGS = $(if $(SOURCE_IMAGE_DIR),--images $(SOURCE_IMAGE_DIR)) $(if $(CIFAR),--cifar $(CIFAR)) $(FINETUNE_ARGS)
 
 repro-finetune-cpu:
 	$(PY) -m repro table45 $(FINETUNE_FLAGS)
+
+# make repro-distill-cpu [SOURCE_IMAGE_DIR=...] [CIFAR=...] [DISTILL_ARGS="--steps 2000 --seeds 3"]: single-image
+# distillation (ICLR 2023) from Table 3's supervised teacher (trained here if absent) -> docs/results/distill.md
+DISTILL_FLAGS = $(if $(SOURCE_IMAGE_DIR),--images $(SOURCE_IMAGE_DIR)) $(if $(CIFAR),--cifar $(CIFAR)) $(DISTILL_ARGS)
+
+repro-distill-cpu:
+	$(PY) -m repro distill $(DISTILL_FLAGS)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

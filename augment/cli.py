@@ -1,4 +1,4 @@
-"""`python -m augment ...`: render, verify, show, info, merge (this module), publish, fetch (share.py) and
+"""`python -m augment ...`: render, verify, show, info, merge, noise (this module), publish, fetch (share.py) and
 pack (pack.py)."""
 from __future__ import annotations
 
@@ -17,7 +17,31 @@ UNIT = click.FloatRange(0, 1)
 UNIT_OPEN = click.FloatRange(0, 1, min_open=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# What an interrupted command leaves, and how to go on (render says it itself, shard by shard).
+AFTER_INTERRUPT = {
+    "fetch": "shards already checked are kept and a half-downloaded one resumes where it stopped; run the "
+             "same command again",
+    "pack": "no manifest was written, so the folder is not a set; run the same command again (it starts over)",
+    "publish": "the destination may hold some shards but no manifest, so readers do not see a set; run the same "
+               "command again",
+}
+
+
+class Group(click.Group):
+    """The ``augment`` group: Ctrl-C in any command is one line and exit 130, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from augment.render import Interrupted
+
+            name = ctx.invoked_subcommand or "augment"
+            raise Interrupted(f"augment {name} interrupted: "
+                              f"{AFTER_INTERRUPT.get(name, 'nothing was written; run it again')}") from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Render, check and share frozen shard sets of single-image augmentations."""
 
@@ -40,7 +64,9 @@ def _range(value: str | None) -> tuple[int, int] | None:
 @click.option("--preset", type=click.Choice(["imagenet", "cifar"]), default="imagenet", show_default=True,
               help="D and S of the paper's two settings; --count/--size override.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes (whole shards each).")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes (whole shards each; give the cores to use, as `make shards` does: the bytes do "
+              "not depend on it).")
 @click.option("--out", default=None, help="Output folder [default: shards/IMG-nN-sS-dD].")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jpg", "png"]), default="auto", show_default=True,
               help="auto: png for S <= 64, jpg above.")
@@ -169,3 +195,19 @@ def show(folder, out, k, cols, seed) -> None:
     from augment.show import ShowConfig, show as run
 
     click.echo(f"wrote {run(ShowConfig(folder, out, k, cols, seed))}")
+
+
+@cli.command()
+@click.option("--out", required=True, help="PNG file to write.")
+@click.option("--width", type=click.IntRange(1), default=1024, show_default=True)
+@click.option("--height", type=click.IntRange(1), default=768, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Draws every pixel.")
+def noise(out, width, height, seed) -> None:
+    """Write a seeded uniform-noise image: a source with no structure (render it like any image)."""
+    from augment.sources import write_noise_image
+
+    try:
+        digest = write_noise_image(out, width, height, seed)
+    except OSError as e:
+        raise click.ClickException(f"{out}: cannot write the noise image ({e.strerror or e}); choose another --out")
+    click.echo(f"wrote {out} ({width}x{height} noise, seed {seed}, sha256 {digest[:16]})")

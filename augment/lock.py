@@ -15,10 +15,12 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -71,6 +73,20 @@ def _close_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_close_inherited)
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int | None) -> None:
+    """In a forked worker (a render's pool, a trainer's DataLoader): ask Linux to SIGKILL this process when its
+    parent dies (``PR_SET_PDEATHSIG``), so a kill of the parent alone leaves no worker writing for nobody, and
+    exit at once if ``parent`` is already gone (it died before the request took effect). The worker's copies
+    of the parent's locks were closed at fork (above). Elsewhere than Linux callers check the parent between
+    units of work."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 class Busy(click.ClickException):

@@ -32,7 +32,7 @@ from augment import recipes
 from augment.color import Jitter, JitterParams, apply_bgr, jitter_bgr, jitters_from_uniforms
 from augment.files import describe_os_error, file_digest, remove_stale_temps, write_text_atomic
 from augment.geometry import Crop, GeomParams, black_outside, crops_from_uniforms
-from augment.lock import folder_lock
+from augment.lock import die_with_parent, folder_lock
 from augment.manifest import MANIFEST, check_shard_name, read_manifest, write_manifest
 from augment.shards import sample_key, shard_name, write_shard
 from augment.sources import DEFAULT_MAX_PIXELS, SOURCE_CACHE_MIB, Source, SourceCache, load_all
@@ -388,19 +388,6 @@ _OUT = ""
 _PARENT: int | None = None  # in a pool worker: the render's pid
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies (a SIGKILL of the render alone would
-    otherwise leave workers writing shards for nobody); elsewhere, or if the parent is already gone, exit."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: _task checks the parent between shards instead
-    if os.getppid() != parent:  # died before the request took effect
-        os._exit(1)
-
-
 def _init_worker(parent: int | None = None) -> None:
     global _PARENT
     _PARENT = parent
@@ -408,7 +395,7 @@ def _init_worker(parent: int | None = None) -> None:
     if parent is not None:
         # Ctrl-C reaches the whole process group: the parent alone reports it, in one line.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _die_with_parent(parent)
+        die_with_parent(parent)
 
 
 def _task(si: int) -> dict:

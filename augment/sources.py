@@ -292,3 +292,18 @@ def find_source(record: dict, search: str | None) -> str:
                 return p
     raise click.ClickException(f"source {record['name']} (sha256 {record['sha256'][:12]}...) not found; pass "
                                f"--sources FILE_OR_FOLDER holding it")
+
+
+MAX_NOISE_SIDE = 16384
+
+
+def write_noise_image(path: str, width: int, height: int, seed: int) -> str:
+    """A PNG of i.i.d. uniform 8-bit RGB noise drawn from ``seed`` (a source with no structure, the lower
+    reference of distillation); the same arguments give the same bytes. Returns its sha256."""
+    if not (1 <= width <= MAX_NOISE_SIDE and 1 <= height <= MAX_NOISE_SIDE):
+        raise click.ClickException(f"noise image {width}x{height}: each side must be 1..{MAX_NOISE_SIDE} pixels")
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path, ".png") as tmp:
+        Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
+    return file_digest(path)

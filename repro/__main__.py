@@ -1,4 +1,5 @@
-"""``python -m repro table3|table1|table45|all``: the paper's tables at reduced scale, each a plan of steps.
+"""``python -m repro table3|table1|table45|distill|all``: the paper's tables (and its successor's distillation)
+at reduced scale, each a plan of steps.
 
 Every subcommand resumes in its ``--work`` folder (a finished step is skipped, a changed option refused)
 and rewrites its page under ``docs/results/`` as results arrive. Options come from the configs in
@@ -11,8 +12,8 @@ from typing import Any, Callable
 
 import click
 
-from repro import table1, table3, table45
-from repro.config import FinetuneConfig, ReproConfig, options
+from repro import distill, table1, table3, table45
+from repro.config import DistillConfig, FinetuneConfig, ReproConfig, options
 
 
 def _command(name: str, cls: type, fn: Callable[[Any], str], help: str) -> click.Command:
@@ -48,6 +49,11 @@ def run_table45(cfg: FinetuneConfig) -> str:
             f"{sum(m.value is not None for m in m5)} Table 5 rows)")
 
 
+def run_distill(cfg: DistillConfig) -> str:
+    rows = distill.run(cfg)
+    return f"wrote {cfg.out} ({sum(r.top1 is not None for r in rows)} sources)"
+
+
 def run_all(cfg: ReproConfig) -> str:
     from dataclasses import replace
 
@@ -60,6 +66,9 @@ TABLE1 = _command("table1", ReproConfig, run_table1, "Table 1 at reduced scale: 
                   "seed pair, one method, equal step budgets.")
 TABLE45 = _command("table45", FinetuneConfig, run_table45, "Tables 4 and 5 (and Figures 3 and 5) from Table 3's "
                    "checkpoints in the same work folder.")
+DISTILL = _command("distill", DistillConfig, run_distill, "Single-image distillation (ICLR 2023) at reduced scale: "
+                    "students distilled from Table 3's supervised teacher on CIFAR-10, Image B, Image A and a noise "
+                    "image, equal step budgets, CIFAR-10 top-1 against steps.")
 ALL = _command("all", ReproConfig, run_all, "Tables 3, 1, 4 and 5 and the figures, in one work folder.")
 
 
@@ -68,7 +77,7 @@ def cli() -> None:
     """The paper's tables at reduced scale, each a resumable plan of steps through the project's commands."""
 
 
-for command in (TABLE3, TABLE1, TABLE45, ALL):
+for command in (TABLE3, TABLE1, TABLE45, DISTILL, ALL):
     cli.add_command(command)
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class PipelineConfig:
     UNUSED: ClassVar[tuple[str, ...]] = ()
 
     images: str = option("../shared/data/images", "Folder with the paper's images (animals.png = Image B, "
-                         "ameyoko.jpg = Image A). Env: IMAGES.")
+                         "ameyoko.jpg = Image A). Env: SOURCE_IMAGE_DIR, the one name every command reads.")
     cifar: str = option("../shared/data/cifar10-jpg.tar.gz", "CIFAR-10 JPEG tarball or ImageFolder with train/ and "
                         "test/. Env: CIFAR.")
     work: str = option("runs/repro-cpu", "Working folder, shared by the pipelines (re-running resumes; a changed "
@@ -144,11 +144,46 @@ class FinetuneConfig(PipelineConfig):
         return out
 
 
-ENV = {"images": "IMAGES", "cifar": "CIFAR"}
+@dataclass(frozen=True)
+class DistillConfig(PipelineConfig):
+    """Single-image distillation at reduced scale (``python -m repro distill``): students distilled from one
+    teacher on four sources, for one step budget each."""
+
+    UNUSED: ClassVar[tuple[str, ...]] = ("probe_epochs", "probe_jobs", "schedule")
+
+    image: str = option("B", "The main single image: B (the paper's, looked up in --images) or an image file.")
+    second_image: str = option("A", "A second single image: A (looked up in --images) or an image file.")
+    out: str = option("docs/results/distill.md", "The page (distill.png beside it).")
+    count: int = option(50_000, "Patches of each rendered source (CIFAR-10 is packed whole: its 50,000 images).",
+                        lo=1)
+    steps: int = option(1500, "Step budget of every student.", lo=1)
+    stages: int = option(4, "Evaluations along each student's run (the curve's points): it stops at k / stages of "
+                         "its budget and resumes (the same run as an uninterrupted one).", lo=1)
+    lr: float = option(0.001, "Students' Adam learning rate (the reference CIFAR code's: Keras' defaults).",
+                       lo=0, lo_open=True)
+    teacher_steps: int = option(0, "The teacher: Table 3's Fully supervised run (seed --seed) in --work, trained "
+                                "there when absent, for this many steps (0: Table 3's budget, "
+                                f"{STEPS['supervised']}).", lo=0)
+    noise_seed: int = option(0, "Seed of the noise image (the lower reference).", lo=0)
+    noise_size: tuple[int, ...] = option((600, 225), "Noise image width,height (Image B's size).")
+    student_minutes: float = option(20.0, "Safety net: a wall-clock cap per student (0: none); a student it stops "
+                                    "before its steps is marked not comparable.", lo=0)
+    amp: str = option("on", "--amp of every command (as Table 3's).", choices=("default", "cuda", "on", "off"))
+    channels_last: bool = option(True, "Train with --channels-last (as Table 3).")
+
+    def __post_init__(self):
+        if len(self.noise_size) != 2 or min(self.noise_size) < 1:
+            raise click.BadParameter(f"{self.noise_size}: give WIDTH,HEIGHT, e.g. 600,225", param_hint="--noise-size")
+        if self.stages > self.steps:
+            raise click.BadParameter(f"{self.stages} stages of a {self.steps}-step budget: give at most one stage "
+                                     f"per step", param_hint="--stages")
+
+
+ENV = {"images": "SOURCE_IMAGE_DIR", "cifar": "CIFAR"}
 
 
 def options(cls: type) -> list[click.Option]:
-    """The click options of a pipeline config (``--images`` and ``--cifar`` also read IMAGES and CIFAR)."""
+    """The click options of a pipeline config (``--images`` and ``--cifar`` also read SOURCE_IMAGE_DIR and CIFAR)."""
     out = params(cls)
     for i, p in enumerate(out):
         if p.name in ENV:

@@ -19,7 +19,8 @@ from repro.steps import commit
 # Options worth naming beside each method's row (those its log records; the full config is in the log).
 NOTABLE = {"rotnet": ("crop", "crop_mode", "fc_dropout", "variant"), "monogan": ("g_width", "n_critic", "variant"),
            "supervised": ("milestones", "lr"), "simclr": ("temperature", "proj_hidden", "recipe"),
-           "dino": ("local_crops", "out_dim", "hidden", "bottleneck", "recipe")}
+           "dino": ("local_crops", "out_dim", "hidden", "bottleneck", "recipe"),
+           "distill": ("temperature", "cutmix", "recipe", "optimizer", "lr")}
 
 
 def fmt(v: float | None) -> str:
@@ -52,7 +53,7 @@ def training_table(runs: list[tuple[str, str]], probes: dict[str, dict | None]) 
             continue
         spec = ((probes.get(label) or {}).get("checkpoint") or {}).get("encoder_spec") or {}
         opts = ", ".join(f"{k} {f.config[k]}" for k in NOTABLE.get(f.method, ()) if k in f.config)
-        lines.append(f"| {label} | `train.{f.method}` | {records.trained_on(f)} | {spec.get('arch', '?')} | "
+        lines.append(f"| {label} | `train.{f.method}` | {records.trained_on(f)} | {spec.get('arch') or f.config.get('arch') or f.config.get('student_arch', '?')} | "
                      f"{f.config.get('batch_size', '?')} | {f.precision} | {records.budget(f)} | "
                      f"{records.reached(f)} | {f.seconds:.0f} | {opts or '–'} |")
     return "\n".join(lines) + "\n"

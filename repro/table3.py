@@ -108,6 +108,12 @@ def render_step(cfg: ReproConfig, name: str, out: str, scale=True, rotation=True
     return Step(name, tuple(argv), (out,))
 
 
+def pack_step(cfg: ReproConfig, data: str) -> Step:
+    """CIFAR-10 train packed unchanged (labels unused): the full-data set."""
+    return Step("pack CIFAR-10 train", ("augment", "pack", os.path.join(data, "train"), "--out", cifar_set(cfg),
+                                        "--seed", str(cfg.seed)), (cifar_set(cfg),))
+
+
 def amp_args(cfg: ReproConfig) -> list[str]:
     """--amp for every command; none with "default" (each command's own)."""
     return [] if cfg.amp == "default" else ["--amp", cfg.amp]
@@ -151,8 +157,7 @@ def plan(cfg: ReproConfig, data: str) -> list[Step]:
     """The sets, then row by row every seed's training and probe (a stopped pipeline has whole rows)."""
     steps = [render_step(cfg, "render Image B", image_set(cfg))]
     if cfg.rotnet:
-        steps.append(Step("pack CIFAR-10 train", ("augment", "pack", os.path.join(data, "train"), "--out",
-                                                  cifar_set(cfg), "--seed", str(cfg.seed)), (cifar_set(cfg),)))
+        steps.append(pack_step(cfg, data))
     for spec in row_specs(cfg):
         for seed in cfg.seed_list():
             steps += row_steps(cfg, spec, seed, data)

@@ -792,3 +792,24 @@ def test_hostile_render_bookkeeping_is_one_line_for_merge_and_render(tmp_path, t
     assert line == (f"Error: {out / '.render' / 'job.json'}: unreadable render bookkeeping; delete {out} or use a "
                     f"new --out")
     assert snapshot(out) == before and not (out / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("command", ["pack", "fetch", "show"])
+def test_ctrl_c_in_any_augment_command_is_one_line_and_exit_130(command, monkeypatch, tmp_path):
+    import augment.pack
+    import augment.show
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    target = {"pack": (augment.pack, "pack"), "fetch": (share, "fetch_set"),
+              "show": (augment.show, "show")}[command]
+    monkeypatch.setattr(*target, interrupt)
+    (tmp_path / "folder" / "c").mkdir(parents=True)
+    argv = {"pack": ["pack", str(tmp_path / "folder"), "--out", str(tmp_path / "set")],
+            "fetch": ["fetch", "http://127.0.0.1:9/set", str(tmp_path / "set")],
+            "show": ["show", str(tmp_path / "folder"), "--out", str(tmp_path / "grid.png")]}[command]
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 130, r.output
+    assert r.output.startswith(f"Error: augment {command} interrupted: ") and len(r.output.strip().splitlines()) == 1
+    assert "Traceback" not in r.output

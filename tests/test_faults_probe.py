@@ -419,7 +419,7 @@ def test_bench_refuses_to_write_docs_from_a_stand_in(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "run", lambda quick: f"## Render (`augment render`)\n\n{render.STAND_IN}: x\n")
     r = CliRunner().invoke(bench.main, ["--only", "render", "--out", str(doc)])
     one_line_error(r, f"{doc} left as it is: ## Render (`augment render`) measured a stand-in, not the paper's "
-                      f"images (see STAND-IN INPUT above); set SHARED_DATA to the folder holding images/ and run again")
+                      f"images (see STAND-IN INPUT above); set SOURCE_IMAGE_DIR to the folder holding them and run again")
     assert doc.read_text().endswith("real figures\n")
 
 
@@ -442,3 +442,4 @@ def test_a_probe_on_a_checkpoint_without_its_encoder_is_one_line(tmp_path):
     save_checkpoint(d, ck)
     r = run(cifar_args(tmp_path, ck, root, "o", "--dataset", "imagefolder"))
     one_line_error(r, f"{ck}: incomplete checkpoint (it lacks encoder_spec); restore it from a copy or train again")
+

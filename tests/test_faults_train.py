@@ -173,7 +173,7 @@ def _worker(lock_path: str, report_w: int, go_w: int) -> None:
 def _trainer(lock_path: str, report_w: int, alive_w: int) -> None:
     from train.loader import worker
 
-    worker.hold(lock_path)
+    worker.mark_trainer()
     go_r, go_w = os.pipe()
     if os.fork() == 0:
         try:

@@ -24,15 +24,23 @@ from torch import nn
 from train.checkpoint import load_checkpoint
 from train.classifier import CLASSIFIER_ARCHS, DEFAULT_INPUT, build_classifier, score
 from train.config import CommonConfig, command, option
-from train.loader import make_loader, prepare, random_crop_flip, random_resized_crop_flip
+from train.loader import make_loader, prepare, random_crop_flip
 from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
+from train.loader.views import SingleView, ViewSpec
 from train.loop import Method, echo_stats, fit
 from train.models import EncoderSpec
-from train.run import Run, unwrap
+from train.run import Run, memory_format, unwrap
 from train.schedules import milestone_steps, planned_steps, set_lr, step_factor
 
 # ImageNet statistics torchvision's classifiers expect; the loaders give inputs in (-1, 1).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def imagenet_view(size: int) -> ViewSpec:
+    """The reference ImageNet code's student view: RandomResizedCrop(size, 0.08..1, bicubic), flip,
+    ColorJitter(0.4, 0.4, 0.4, 0.4) with p 0.8, greyscale p 0.2, solarize p 0.2; no blur."""
+    return ViewSpec(size, scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=0.8, grey_p=0.2, blur_p=0.0,
+                    solarize_p=0.2, interpolation="bicubic")
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,8 @@ class Config(CommonConfig):
     student_arch: str = option("small", "Student encoder (+ its classifier head); the paper's: wrn16_4 "
                               "(CIFAR), resnet50 (ImageNet).", choices=CLASSIFIER_ARCHS)
     recipe: str = option("cifar", "cifar: flip, 4-px pad, random crop of the patch size; imagenet: "
-                         "RandomResizedCrop(--crop, area 0.08..1) + flip.", choices=("cifar", "imagenet"))
+                         "RandomResizedCrop(--crop, area 0.08..1, bicubic), flip, colour jitter (0.4, 0.4, 0.4, "
+                         "0.4) with p 0.8, greyscale p 0.2, solarize p 0.2.", choices=("cifar", "imagenet"))
     crop: int = option(0, "Student input side; 0: the set's patch size (cifar) or 224 (imagenet).", lo=0)
     temperature: float = option(8.0, "Softmax temperature T of both networks.", lo=0, lo_open=True)
     cutmix: float = option(1.0, "CutMix: the box's area fraction is drawn from Beta(a, a) (0: no CutMix).", lo=0)
@@ -100,10 +109,14 @@ def _beta(alpha: float, gen: torch.Generator) -> float:
 
 def pad_crop(x: torch.Tensor, pad: int = 4, gen: torch.Generator | None = None) -> torch.Tensor:
     """The CIFAR recipe's zero-pad by ``pad`` and random crop back to size, one offset per image."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=gen)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    # one gather for the whole batch: image i's rows dy[i]..dy[i]+h and columns dx[i]..dx[i]+w
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].to(x.device)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].to(x.device)
+    idx = torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[idx[0], idx[1], rows, cols]
 
 
 def param_hash(model: nn.Module) -> str:
@@ -191,7 +204,7 @@ class Distill(Method):
         if m.size < size:
             raise click.ClickException(f"{m.root}: patches are {m.size} pixels, smaller than the student's input "
                                        f"{size}; lower --crop or render with a larger --size")
-        tf = random_crop_flip(size) if cfg.recipe == "cifar" else random_resized_crop_flip(size)
+        tf = random_crop_flip(size) if cfg.recipe == "cifar" else SingleView(imagenet_view(size))
         self.loader = make_loader(m, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, transform=tf,
                                   rank=run.dist.rank, world_size=run.dist.world_size,
                                   pin_memory=run.device.type == "cuda", verify_stream=cfg.verify_stream)
@@ -208,14 +221,14 @@ class Distill(Method):
         cfg = self.cfg
         check_temperature(cfg.temperature)
         self.rank = run.dist.rank
-        self.teacher = load_teacher(cfg.teacher).to(run.device)
+        self.run = run
+        # channels-last like the student: the bf16 CPU kernels are several times slower on NCHW
+        self.teacher = load_teacher(cfg.teacher).to(run.device, memory_format=memory_format(cfg.channels_last))
         self._loaders(run)
         if num_classes(self.teacher) != self.classes:
             raise click.ClickException(f"--teacher {cfg.teacher} has {num_classes(self.teacher)} classes, "
                                        f"--eval-data {cfg.eval_data} {self.classes}; evaluate on the teacher's data")
         self.teacher_hash = param_hash(self.teacher)
-        run.log({"event": "teacher", "teacher": cfg.teacher, "teacher_sha256": self.teacher_hash,
-                 **{f"teacher_{k}": v for k, v in self._score(run, self.teacher).items()}})
         self.model = run.wrap(build_classifier(EncoderSpec(arch=cfg.student_arch), self.classes, self.size))
         self.encoder = unwrap(self.model).encoder
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -224,6 +237,23 @@ class Distill(Method):
         self.milestone_steps = milestone_steps(cfg.milestones, cfg.epochs,
                                                planned_steps(cfg, self.loader.batches_per_epoch))
         return {"model": self.model, "optimizer": self.opt}
+
+    def load_extra(self, extra: dict) -> None:
+        """A fresh run scores the teacher and logs it; a resumed one must have the very teacher it began with
+        (its hash), and logs the score measured then rather than spending an evaluation on it again."""
+        begun = extra.get("teacher_sha256")
+        if begun is not None and begun != self.teacher_hash:
+            raise click.ClickException(f"--teacher {self.cfg.teacher}: its parameters differ from the teacher this "
+                                       f"run began with (sha256 {begun[:12]}, now {self.teacher_hash[:12]}); resume "
+                                       f"with that teacher, or start a new --out")
+        scores = extra.get("teacher_scores") or self._score(self.run, self.teacher)
+        self.teacher_scores = {k: float(v) for k, v in scores.items()}
+        self.run.log({"event": "teacher", "teacher": self.cfg.teacher, "teacher_sha256": self.teacher_hash,
+                      "measured": "at the start of this run" if begun is None else "when the run began (checkpoint)",
+                      **{f"teacher_{k}": v for k, v in self.teacher_scores.items()}})
+
+    def extra_state(self) -> dict:
+        return {"teacher_sha256": self.teacher_hash, "teacher_scores": self.teacher_scores}
 
     def begin_epoch(self, run: Run, epoch: int, skip: int) -> None:
         self.model.train()
@@ -241,7 +271,8 @@ class Distill(Method):
     def step(self, run: Run, batch) -> dict:
         cfg = self.cfg
         set_lr(self.opt, cfg.lr * step_factor(run.step, self.milestone_steps, cfg.gamma))
-        x = self.augment(prepare(batch[0], run.device), run.step)
+        x = self.augment(prepare(batch[0], run.device), run.step).contiguous(
+            memory_format=memory_format(cfg.channels_last))
         with torch.no_grad(), run.autocast():
             target = self.teacher(x).float()
         with run.autocast():
@@ -265,19 +296,6 @@ class Distill(Method):
             raise click.ClickException(f"--teacher {self.cfg.teacher}: its parameters changed during training "
                                        f"(a bug: the teacher must stay frozen)")
         return self._score(run, self.model)
-
-
-def pipeline_argv(cifar: str, teacher_out: str, teacher_steps: int, shards: str, out: str, steps: int,
-                  seed: int, batch_size: int = 64, workers: int = 1, device: str = "cpu") -> tuple[list, list]:
-    """argv lists (after ``python -m``) for a small-encoder CIFAR-10 teacher (ImageFolder tree with train/ and
-    test/) trained for ``teacher_steps``, and a small-encoder student distilled from it on ``shards``."""
-    common = ["--batch-size", str(batch_size), "--workers", str(workers), "--device", device]
-    teacher = ["train.supervised", "--data", cifar, "--dataset", "imagefolder", "--arch", "small",
-               "--out", teacher_out, "--max-steps", str(teacher_steps), *common]
-    student = ["train.distill", "--shards", shards, "--teacher", teacher_out, "--eval-data", cifar,
-               "--eval-dataset", "imagefolder", "--student-arch", "small", "--recipe", "cifar", "--out", out,
-               "--max-steps", str(steps), "--seed", str(seed), *common]
-    return teacher, student
 
 
 def main(cfg: Config) -> dict:

@@ -34,7 +34,7 @@ from augment.provenance import git_revision, library_versions
 from augment.seeds import mix
 from train.checkpoint import CHECKPOINT, REQUIRED, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
 from train.config import AMP_CHOICES, CommonConfig
-from train.loader.worker import hold, release
+from train.loader.worker import mark_trainer
 
 LOG = "log.jsonl"
 # /proc/cpuinfo flags of x86 CPUs that compute bf16 natively; elsewhere bf16 autocast is emulated and
@@ -295,11 +295,10 @@ class Run:
             os.makedirs(out, exist_ok=True)
         except OSError as e:
             raise click.ClickException(f"--out {out}: cannot create the folder ({describe_os_error(e, out)})") from None
-        lock = self._hold.enter_context(folder_lock(os.path.join(out, ".train"), f"train into {out}"))
-        # DataLoader workers close their inherited copy of the lock (train.loader.worker): the lock then
-        # ends with this process, even when a worker outlives it for a moment.
-        hold(lock.path)
-        self._hold.callback(release, lock.path)
+        self._hold.enter_context(folder_lock(os.path.join(out, ".train"), f"train into {out}"))
+        # its DataLoader workers hold no copy of the lock (closed at fork) and die with this process
+        # (train.loader.worker): the lock ends with it
+        mark_trainer()
         remove_stale_temps(out)
 
     # ---- logging

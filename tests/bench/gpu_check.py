@@ -67,7 +67,9 @@ GPU = Sizes(
               ("monogan", "MonoGAN, 32, batch 64 (a step: 5 critic + 1 generator update)", {}, 32),
               ("supervised", "supervised, AlexNet-BN 224, batch 256", {}, 256),
               ("simclr", "SimCLR, AlexNet-BN 224, batch 256 (2 views)", {}, 256),
-              ("dino", "DINO, AlexNet-BN 224, batch 64 (2 + 8 views)", {}, 256)),
+              ("dino", "DINO, AlexNet-BN 224, batch 64 (2 + 8 views)", {}, 256),
+              ("distill", "distillation, WRN-16-4 student from a WRN-40-4 teacher, 32, batch 512",
+               {"student_arch": "wrn16_4", "teacher_arch": "wrn40_4", "batch_size": 512}, 32)),
     loader_count=192 * 120, loader_kw={"arch": "alexnet", "batch_size": 192}, loader_size=256,
     cluster_n=200_000, cluster_d=4096, cluster_k=10_000, cluster_pca=256,
     probe_train=50_000, ddp_kw={"arch": "alexnet", "batch_size": 192})
@@ -83,7 +85,9 @@ CPU = Sizes(
               ("supervised", "supervised, small, batch 4", {"arch": "small", "batch_size": 4}, 32),
               ("simclr", "SimCLR, small, batch 4", {"arch": "small", "batch_size": 4}, 32),
               ("dino", "DINO, small, batch 4, 2 + 1 views", {"arch": "small", "batch_size": 4, "local_crops": 1,
-                                                             "out_dim": 64, "hidden": 32, "bottleneck": 16}, 32)),
+                                                             "out_dim": 64, "hidden": 32, "bottleneck": 16}, 32),
+              ("distill", "distillation, small from small, batch 4",
+               {"student_arch": "small", "teacher_arch": "small", "batch_size": 4, "eval_batches": 1}, 32)),
     loader_count=16, loader_kw={"arch": "alexnet", "batch_size": 4, "crop": 64}, loader_size=64,
     cluster_n=600, cluster_d=32, cluster_k=8, cluster_pca=8,
     probe_train=200, ddp_kw={"arch": "small", "batch_size": 4})
@@ -97,17 +101,33 @@ def sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- 1. trainers
 
 
-def make_folder(root: str, size: int, per_class: int = 8) -> str:
-    """A two-class ImageFolder (train/ only) of random JPEGs, for the supervised trainer."""
+def make_folder(root: str, size: int, per_class: int = 8, splits: tuple[str, ...] = ("train",)) -> str:
+    """A two-class ImageFolder (``splits``, train/ only by default) of random JPEGs."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        os.makedirs(os.path.join(root, "train", c), exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
-                os.path.join(root, "train", c, f"{i}.jpg"), quality=90)
+    for split in splits:
+        for c in ("a", "b"):
+            os.makedirs(os.path.join(root, split, c), exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                    os.path.join(root, split, c, f"{i}.jpg"), quality=90)
     return root
+
+
+def write_teacher(path: str, arch: str, classes: int, size: int) -> str:
+    """A seeded random classifier of ``arch`` saved as a ``train.supervised`` checkpoint (a teacher whose
+    speed, not accuracy, is measured)."""
+    from train.checkpoint import checkpoint_dict, save_checkpoint
+    from train.classifier import build_classifier
+    from train.models import EncoderSpec
+
+    torch.manual_seed(0)
+    net = build_classifier(EncoderSpec(arch=arch), classes, size)
+    save_checkpoint(checkpoint_dict(method="supervised", config={"arch": arch, "size": size}, encoder=net.encoder,
+                                    state={"model": net.state_dict()}, epoch=1, step=1, train_seconds=0.0, rng={},
+                                    git="", versions={}, extra={}), path)
+    return path
 
 
 def build(module: str, kw: dict, tmp: str, size: int, device: torch.device):
@@ -116,10 +136,18 @@ def build(module: str, kw: dict, tmp: str, size: int, device: torch.device):
 
     mod = importlib.import_module(f"train.{module}")
     cls = next(v for v in vars(mod).values() if isinstance(v, type) and getattr(v, "name", "") == module)
+    kw = dict(kw)
     batch = kw.get("batch_size", mod.Config.batch_size)
     out = os.path.join(tmp, f"run-{module}-{len(os.listdir(tmp))}")
     if module == "supervised":
         data = {"data": make_folder(os.path.join(tmp, f"folder-{size}"), size, per_class=max(4, batch // 2 + 1))}
+    elif module == "distill":   # a two-class teacher, and eval data of its two classes
+        folder = make_folder(os.path.join(tmp, f"eval-{size}"), size, per_class=4, splits=("test",))
+        teacher = write_teacher(os.path.join(tmp, f"teacher-{len(os.listdir(tmp))}.pt"), kw.pop("teacher_arch"), 2,
+                                size)
+        data = {"teacher": teacher, "eval_data": folder, "eval_dataset": "imagefolder",
+                "shards": make_toy_set(os.path.join(tmp, f"distill-{size}-set"), count=max(2 * batch, 16),
+                                       size=size, per_shard=max(batch, 8))}
     else:
         data = {"shards": make_toy_set(os.path.join(tmp, f"{module}-{size}-set"), count=max(2 * batch, 16),
                                        size=size, per_shard=max(batch, 8))}

@@ -20,7 +20,8 @@ from augment.render import Recipe, RenderConfig, Renderer, encode, render
 from augment.sources import Source, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IMAGE_A = os.path.join(os.environ.get("SHARED_DATA", os.path.join(ROOT, "..", "shared", "data")), "images",
+# the paper's images: the folder every command reads them from (SOURCE_IMAGE_DIR), else the shared copy
+IMAGE_A = os.path.join(os.environ.get("SOURCE_IMAGE_DIR") or os.path.join(ROOT, "..", "shared", "data", "images"),
                        "ameyoko.jpg")
 
 

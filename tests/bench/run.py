@@ -50,8 +50,8 @@ def main(out: str, only: tuple[str, ...], quick: bool) -> None:
         # Figures from a stand-in must not replace the committed ones: show them, write nothing.
         click.echo(text)
         raise click.ClickException(f"{out} left as it is: {', '.join(stand_in)} measured a stand-in, not the "
-                                   f"paper's images (see {STAND_IN} above); set SHARED_DATA to the folder "
-                                   f"holding images/ and run again")
+                                   f"paper's images (see {STAND_IN} above); set SOURCE_IMAGE_DIR to the folder "
+                                   f"holding them and run again")
     if only and os.path.isfile(out):
         with open(out) as f:
             text = splice(f.read(), parts[1:], parts[0])

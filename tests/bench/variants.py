@@ -14,7 +14,7 @@ from augment.render import Recipe, Renderer, _philox_key, uniforms
 from augment.sources import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IMAGES = os.path.join(os.environ.get("SHARED_DATA", os.path.join(ROOT, "..", "shared", "data")), "images")
+IMAGES = os.environ.get("SOURCE_IMAGE_DIR") or os.path.join(ROOT, "..", "shared", "data", "images")
 FILES = {"A": "ameyoko.jpg", "B": "animals.png", "C": "sf.png"}
 
 

@@ -25,6 +25,7 @@ class ViewSpec:
     grey_p: float = 0.2
     blur_p: float = 0.5
     solarize_p: float = 0.0
+    interpolation: str = "bilinear"     # of the resized crop: "bilinear" or "bicubic"
 
 
 def _u(g: torch.Generator) -> float:
@@ -46,7 +47,8 @@ def _jitter(img: torch.Tensor, s: ViewSpec, g: torch.Generator) -> torch.Tensor:
 def view(img: torch.Tensor, s: ViewSpec, g: torch.Generator) -> torch.Tensor:
     """One augmented view (uint8 3 x size x size) of a uint8 C x H x W image."""
     y, x, h, w = resized_crop_box(img.shape[1], img.shape[2], g, s.scale)
-    out = F.resized_crop(img, y, x, h, w, [s.size, s.size], antialias=True)
+    mode = F.InterpolationMode.BICUBIC if s.interpolation == "bicubic" else F.InterpolationMode.BILINEAR
+    out = F.resized_crop(img, y, x, h, w, [s.size, s.size], interpolation=mode, antialias=True)
     if _u(g) < 0.5:
         out = out.flip(-1)
     if _u(g) < s.jitter_p:
@@ -60,6 +62,16 @@ def view(img: torch.Tensor, s: ViewSpec, g: torch.Generator) -> torch.Tensor:
     if _u(g) < s.solarize_p:
         out = F.solarize(out, 128)
     return out.contiguous()
+
+
+class SingleView:
+    """A loader transform returning one view: ``(img, generator) -> tensor`` (a class: workers pickle it)."""
+
+    def __init__(self, spec: ViewSpec):
+        self.spec = spec
+
+    def __call__(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return view(img, self.spec, g)
 
 
 class MultiView:
