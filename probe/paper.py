@@ -1,4 +1,5 @@
-"""The paper's numbers (Asano et al., ICLR 2020, Tables 1-5), for "beside" columns and figures.
+"""The paper's numbers (Asano et al., ICLR 2020, Tables 1-5) and its successor's distillation result (Asano &
+Saeed, ICLR 2023), for "beside" columns and figures.
 
 Rows are keyed by the paper's letter (``"p"``) and also findable by their full label. ``None`` is the
 paper's "-" (not reported).

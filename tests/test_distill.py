@@ -168,6 +168,42 @@ def test_stop_and_resume_mid_epoch_equals_one_run(toy_set, eval_data, tmp_path):
     a, b = load_checkpoint(str(tmp_path / "once")), load_checkpoint(str(tmp_path / "twice"))
     assert a["step"] == b["step"] == 6
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    # the resume logged the teacher's score from when the run began, not a second evaluation
+    first, again = [l for l in logs(tmp_path / "twice") if l.get("event") == "teacher"]
+    assert first["measured"] == "at the start of this run" and again["measured"].startswith("when the run began")
+    assert again["teacher_top1"] == first["teacher_top1"] and again["teacher_sha256"] == first["teacher_sha256"]
+
+
+def test_resume_with_another_teacher_is_refused(toy_set, eval_data, tmp_path):
+    write_teacher(tmp_path / "t.pt")
+    common = ["--shards", toy_set, "--teacher", tmp_path / "t.pt", "--eval-data", eval_data,
+              "--eval-dataset", "imagefolder", "--out", tmp_path / "run", "--max-steps", 4, *FAST]
+    assert invoke("--stop-at-step", 2, *common).exit_code == 0
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    write_teacher(tmp_path / "t.pt", seed=5)              # other parameters at the same path
+    r = invoke("--resume", *common)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "its parameters differ from the teacher this run began with" in r.output
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_imagenet_recipe_is_the_references_view():
+    from train.loader.views import SingleView, ViewSpec, view
+
+    spec = distill.imagenet_view(24)
+    assert (spec.scale, spec.jitter, spec.jitter_p, spec.grey_p, spec.solarize_p, spec.blur_p, spec.interpolation) == \
+        ((0.08, 1.0), (0.4, 0.4, 0.4, 0.4), 0.8, 0.2, 0.2, 0.0, "bicubic")
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 40, 40), dtype=np.uint8))
+    one = SingleView(spec)(img, torch.Generator().manual_seed(3))
+    assert one.shape == (3, 24, 24) and one.dtype == torch.uint8
+    assert torch.equal(one, SingleView(spec)(img, torch.Generator().manual_seed(3)))   # seeded: reproducible
+    # the crop is bicubic, not bilinear; greyscale with p 1 gives equal channels
+    plain = dict(jitter_p=0.0, grey_p=0.0, blur_p=0.0)
+    bicubic = view(img, ViewSpec(24, interpolation="bicubic", **plain), torch.Generator().manual_seed(1))
+    bilinear = view(img, ViewSpec(24, **plain), torch.Generator().manual_seed(1))
+    assert not torch.equal(bicubic, bilinear)
+    grey = view(img, ViewSpec(24, jitter_p=0.0, grey_p=1.0, blur_p=0.0), torch.Generator().manual_seed(1))
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
 
 
 @pytest.mark.parametrize("case", ["no_head", "classes", "arch", "temperature_0", "temperature_nan",
