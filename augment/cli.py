@@ -24,6 +24,9 @@ AFTER_INTERRUPT = {
     "pack": "no manifest was written, so the folder is not a set; run the same command again (it starts over)",
     "publish": "the destination may hold some shards but no manifest, so readers do not see a set; run the same "
                "command again",
+    "render": "complete shards are kept; run the same command again to resume",
+    "merge": "manifest.json is written atomically, so it is the old one or none; run the same command again",
+    "show": "the grid is written atomically, so nothing half-written is left; run it again",
 }
 
 
@@ -38,7 +41,7 @@ class Group(click.Group):
 
             name = ctx.invoked_subcommand or "augment"
             raise Interrupted(f"augment {name} interrupted: "
-                              f"{AFTER_INTERRUPT.get(name, 'nothing was written; run it again')}") from None
+                              f"{AFTER_INTERRUPT.get(name, 'it writes nothing; run it again')}") from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

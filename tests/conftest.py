@@ -31,3 +31,14 @@ def user_cache(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("user-cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def sigint_restored():
+    """A test that sets SIGINT's handler (a worker's SIG_IGN run in-process) must not leak it into later tests:
+    a child process inherits an ignored SIGINT, and a later Ctrl-C test would then see no interrupt."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)

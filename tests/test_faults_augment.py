@@ -724,8 +724,11 @@ def test_a_real_ctrl_c_on_a_two_worker_render_is_one_line_and_the_command_resume
     src, out = textured(tmp_path / "s.png"), tmp_path / "set"
     cmd = [sys.executable, "-m", "augment", "render", "--image", src, "--count", 4000, "--size", 16,
            "--samples-per-shard", 40, "--workers", 2, "--quiet", "--out", out]
+    # the child gets a terminal's default SIGINT whatever this process's disposition is (an ignored SIGINT
+    # is inherited across exec, and the render would then never see the Ctrl-C)
     p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         start_new_session=True, env=dict(os.environ, PYTHONPATH=ROOT))
+                         start_new_session=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Wait (bounded) for the first shard's sidecar, written after its tar: the render is under way with
     # 99 shards to go, so the signal cannot miss it.
     first = out / ".render" / "shard-000000.json"
