@@ -241,9 +241,7 @@ def plot(rows: list[Student], t: Teacher, path: str) -> None:
     ax.set_title("Students distilled from one teacher, by source", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def setting(cfg: DistillConfig, rows: list[Student]) -> str:

@@ -102,6 +102,13 @@ def write_page(path: str, parts: list[str]) -> None:
     write_text_atomic(path, "\n".join(p for p in parts if p))
 
 
+def save_figure(fig, path: str) -> None:
+    """Lay out, write and close a page's figure (every plot ends so)."""
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+
+
 def pyplot():
     """matplotlib's pyplot on the file-only backend."""
     import matplotlib

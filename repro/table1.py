@@ -203,9 +203,7 @@ def plot(cs: list[Cell], path: str) -> None:
     ax.set_title("Table 1 augmentation ablation: ours (bars, seed range) vs paper (black ticks)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=5)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def write_page(cfg: ReproConfig, recs: dict[str, dict]) -> list[Cell]:

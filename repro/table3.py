@@ -271,9 +271,7 @@ def plot(rs: list[Row], path: str) -> None:
     ax.set_title("Ours (mean, seed range) vs the paper's row for the same setting (dotted)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def write_page(cfg: ReproConfig, recs: dict[str, dict]) -> list[Row]:
