@@ -24,6 +24,16 @@ def shard_name(index: int) -> str:
     return SHARD_NAME.format(index)
 
 
+def brace_pattern(names: list[str]) -> str | None:
+    """The shards ``names`` as one webdataset brace pattern, ``shard-{000000..000049}.tar``, or None when
+    they are not shards 0 … n-1 in order (a hand-made subset). timm's wds split is this plus ``|count``."""
+    if not names or list(names) != [shard_name(i) for i in range(len(names))]:
+        return None
+    if len(names) == 1:
+        return names[0]
+    return SHARD_NAME.replace("{:06d}", "{{{:06d}..{:06d}}}").format(0, len(names) - 1)
+
+
 def sample_key(index: int) -> str:
     """WebDataset key of global sample ``index``: digits only, never a dot (dots split keys)."""
     return f"{index:09d}"

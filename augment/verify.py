@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 
@@ -11,8 +12,8 @@ import numpy as np
 
 from augment.files import file_digest, pid_alive, temp_names
 from augment.lock import LOCK_NAME, read_holder
-from augment.manifest import Manifest, ShardEntry, identity_problem, read_manifest
-from augment.shards import sample_key
+from augment.manifest import MANIFEST, Manifest, ShardEntry, identity_problem, read_manifest
+from augment.shards import brace_pattern, sample_key
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,33 @@ def verify(cfg: VerifyConfig) -> Report:
         if problem:
             rep.problems.append(problem)
             rep.lines.append(problem)
-    listed = {s.name for s in m.shards}
-    extra = sorted(f for f in os.listdir(m.root) if f.endswith(".tar") and f not in listed)
-    rep.lines += [f"{f}: not in the manifest (ignored)" for f in extra]
-    rep.lines += stray_temps(m.root)
+    rep.lines += stray_files(m) + stray_temps(m.root)
     if cfg.rerender > 0 and not rep.problems:
         bad = rerender(m, cfg.rerender, cfg.sources, cfg.seed)
         rep.problems += bad
         rep.lines += bad
     return rep
+
+
+# What this tool itself keeps in a set's folder besides the manifest's shards.
+OWN_NAMES = (MANIFEST, "CARD.md", ".render", ".fetch")
+PART_PIECE = re.compile(r"manifest\.part-\d+-\d+\.json")  # a --shard-range job's piece, before merge
+
+
+def stray_files(m: Manifest) -> list[str]:
+    """One line per file or folder in the set's folder that is not part of the set (another tool's
+    output, a stray shard), saying that nothing reads it and that it is not copied with the set."""
+    listed = {s.name for s in m.shards}
+    temps = set(temp_names(m.root))
+    lines = []
+    for name in sorted(os.listdir(m.root)):
+        if name in listed or name in OWN_NAMES or name in temps or PART_PIECE.fullmatch(name):
+            continue
+        what = "a folder" if os.path.isdir(os.path.join(m.root, name)) else (
+            "a shard" if name.endswith(".tar") else "a file")
+        lines.append(f"{name}{'/' if what == 'a folder' else ''}: {what} not in the manifest, not part of the set "
+                     f"(no reader opens it; publish does not copy it); move it out of the set's folder")
+    return lines
 
 
 def stray_temps(root: str) -> list[str]:
@@ -170,6 +189,9 @@ def summary(m: Manifest) -> str:
              f"count    {m.count:,} patches of {m.size}x{m.size} {m.image_format}",
              f"seed     {m.seed}", f"shards   {len(m.shards):,} ({count_runs([s.count for s in m.shards])} samples), "
              f"{total:,} bytes ({total / 2 ** 20:.1f} MiB)"]
+    brace = brace_pattern([s.name for s in m.shards])
+    if brace:
+        lines.append(f"wds      {brace}|{m.count}   (brace pattern|count: webdataset's urls, timm's wds split)")
     lines += [f"source   {s['name']} {s.get('width', '?')}x{s.get('height', '?')} sha256 {s['sha256']}"
               for s in m.sources]
     if m.raw.get("command"):

@@ -151,3 +151,76 @@ def test_dino_batchnorm_is_synchronised_across_ranks(tmp_path):
                                                                            "teacher": ["GlobalBatchNorm"]}
     assert ranks[0]["teacher_sum"] == ranks[1]["teacher_sum"]      # one teacher: rank 0's broadcast weights
     assert load_checkpoint(str(tmp_path / "run"))["step"] == 1
+
+
+# --------------------------------------------------------------------------- python -m train.launch
+
+
+def launch(tmp_path, *trainer_args, **popen):
+    """``python -m train.launch`` with 2 CPU ranks of RotNet on a toy set (its own session: a Ctrl-C
+    reaches the launcher and every rank, as from a terminal)."""
+    shards = make_toy_set(str(tmp_path / "toy"), count=32, size=32, per_shard=16)
+    cmd = [sys.executable, "-m", "train.launch", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "train.rotnet", "--shards", shards, "--arch", "small",
+           "--crop", "28", "--batch-size", "4", "--workers", "0", *map(str, trainer_args)]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)
+
+
+def errors(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if ln.startswith("Error") or "Traceback" in ln]
+
+
+def test_launch_refuses_a_missing_gpu_before_any_rank_starts(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip("a CUDA device is visible here")
+    p = launch(tmp_path, "--out", tmp_path / "run", "--device", "cuda")
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 1
+    assert out.strip() == ("Error: --device cuda: no CUDA device is visible here; use --device cpu (checked before "
+                           "starting 2 ranks of train.rotnet)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_launch_ends_failed_ranks_with_one_line_each_and_no_launcher_traceback(tmp_path):
+    p = launch(tmp_path, "--out", tmp_path / "run", "--device", "cpu", "--crop", "64")  # 64 > the 32-pixel set
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 1
+    lines = errors(out)
+    assert len(lines) == 3 and lines[0] == lines[1] and lines[0].startswith("Error: ") and "crop" in lines[0]
+    assert lines[2] == "Error: train.rotnet failed on rank 0 (exit 1), rank 1 (exit 1); each rank's own message " \
+                       "is above"
+
+
+def test_ctrl_c_under_launch_is_one_line_with_the_launch_command_that_resumes(tmp_path):
+    import signal
+    import time
+
+    out_dir = tmp_path / "run"
+    p = launch(tmp_path, "--out", out_dir, "--device", "cpu", "--epochs", "1000")
+    deadline = time.monotonic() + 240     # only a bound on a hang: the test waits for a checkpoint, not a time
+    while not (out_dir / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out[-3000:]
+    lines = errors(out)
+    assert len(lines) == 2, out[-3000:]       # rank 0's line and the launcher's: no rank 1 copy, no traceback
+    assert lines[0].startswith(f"Error: interrupted at step ") and f"{out_dir}/checkpoint.pt holds the run" in lines[0]
+    resume = lines[0].split("resume with: ", 1)[1]
+    assert resume.startswith("python -m train.launch --nproc_per_node 2 --master_addr 127.0.0.1 --master_port ")
+    assert resume.endswith(f"--out {out_dir} --device cpu --epochs 1000 --resume")
+    assert lines[1] == ("Error: train.rotnet stopped by signal SIGINT; its ranks said above where their runs stand "
+                        "(resume with the same command and --resume)")
+    step = load_checkpoint(str(out_dir))["step"]
+    argv = resume.split()[1:]                 # the printed command, on a free port, to a stop two steps on
+    port = argv.index("--master_port") + 1
+    argv[port] = str(free_port())
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    q = subprocess.run([sys.executable, *argv, "--stop-at-step", str(step + 2)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=180)
+    assert q.returncode == 0, q.stderr[-3000:]
+    assert load_checkpoint(str(out_dir))["step"] == step + 2

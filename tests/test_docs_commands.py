@@ -55,6 +55,8 @@ def commands_in(snippet: str) -> list[tuple[str, list[str]]]:
     found = []
     for part in re.split(r"&&|\|\||;|\|", snippet):
         m = COMMAND.search(part)
+        while m and m.group(1) == "train.launch":   # torchrun's arguments, then the trainer's own command
+            m = COMMAND.search(m.group(2))
         if m:
             found.append((m.group(1), m.group(2).split()))
     return found
@@ -136,6 +138,8 @@ def test_every_option_named_in_code_exists_somewhere():
      ["python -m augment verify: no option --bogus"]),
     ("python -m augment frobnicate x", ["python -m augment frobnicate: no such subcommand"]),
     ("torchrun --nproc_per_node 4 -m train.dino --shards S --local-crops 2", []),
+    ("python -m train.launch --nproc_per_node 4 -m train.dino --shards S --bogus 2",
+     ["python -m train.dino: no option --bogus"]),
     ("python -m train.deepcluster --no-feature-relu  # alias", []),
 ])
 def test_the_checker_finds_what_it_should(snippet, expected):

@@ -624,6 +624,26 @@ def test_verify_names_stray_temporary_files_and_whether_they_are_safe_to_remove(
         holder.wait()
 
 
+def test_verify_names_every_stray_file_and_folder_another_tool_left_in_a_set(tmp_path):
+    # e.g. a conversion written into the set's folder (litdata's chunks and index.json), a copied shard
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out).exit_code == 0
+    (out / "chunk-0-0.bin").write_bytes(b"x")
+    (out / "index.json").write_text("{}")
+    (out / "shard-000007.tar").write_bytes(b"y")
+    (out / "notes").mkdir()
+    res = run("verify", out)
+    assert res.exit_code == 0 and res.output.strip().endswith("OK (3 shards, 12 samples)")
+    tail = "not in the manifest, not part of the set (no reader opens it; publish does not copy it); " \
+           "move it out of the set's folder"
+    lines = res.output.splitlines()
+    assert [ln for ln in lines if ln.endswith(tail)] == [
+        f"chunk-0-0.bin: a file {tail}", f"index.json: a file {tail}", f"notes/: a folder {tail}",
+        f"shard-000007.tar: a shard {tail}"]
+    (out / "CARD.md").write_text("card")  # publish's own file is part of a published set
+    assert "CARD.md" not in run("verify", out).output
+
+
 # --------------------------------------------------------------------------- issue #23: hostile manifests
 
 

@@ -241,6 +241,40 @@ def test_a_run_ends_saying_why_it_stopped_where_its_checkpoint_is_and_how_to_con
             f"python -m tests.toymethod {' '.join(args)} --resume") in r.output
 
 
+def test_a_stop_at_step_run_says_the_command_that_goes_past_it(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = [*TOY, "--out", str(out), "--max-steps", "6", "--stop-at-step", "3"]
+    monkeypatch.setattr(sys, "argv", ["toymethod.py", *args])
+    r = CliRunner().invoke(toymethod.cli, args)
+    assert r.exit_code == 0
+    again = [*TOY, "--out", str(out), "--max-steps", "6"]   # --stop-at-step 3 again would stop at once
+    assert (f"stopped at step 3: --stop-at-step 3 reached; checkpoint: {out}/checkpoint.pt; to continue: "
+            f"python -m tests.toymethod {' '.join(again)} --resume") in r.output
+    monkeypatch.setattr(sys, "argv", ["toymethod.py", *again, "--resume"])
+    r = CliRunner().invoke(toymethod.cli, [*again, "--resume"])
+    assert r.exit_code == 0 and "stopped at step 6: --max-steps 6 reached" in r.output
+
+
+def test_under_torchrun_the_resume_command_is_the_launchers_own(tmp_path, monkeypatch):
+    from train.loop import launcher_prefix, without_option
+    assert launcher_prefix() == ["python"]          # not under a launcher
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setattr(sys, "argv", ["/somewhere/count.py", "--out", "x"])
+    for parent, prefix in [
+        (["/v/bin/python", "/v/bin/torchrun", "--nproc_per_node", "2", "-m", "train.rotnet", "--out", "x"],
+         ["torchrun", "--nproc_per_node", "2"]),
+        (["/v/bin/python", "-m", "train.launch", "--nproc_per_node=4", "-m", "train.dino", "-m"],
+         ["python", "-m", "train.launch", "--nproc_per_node=4"]),
+        (["/v/bin/python", "-m", "torch.distributed.run", "--nnodes", "1", "/somewhere/count.py", "--out", "x"],
+         ["python", "-m", "torch.distributed.run", "--nnodes", "1"])]:
+        (tmp_path / "cmdline").write_bytes(b"\0".join(a.encode() for a in parent) + b"\0")
+        assert launcher_prefix(str(tmp_path / "cmdline")) == prefix
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert launcher_prefix(str(tmp_path / "missing")) == ["torchrun", "--nproc_per_node", "3"]
+    assert without_option(["--a", "1", "--stop-at-step", "5", "--b", "--stop-at-step=7"], "--stop-at-step") == \
+        ["--a", "1", "--b"]
+
+
 def test_full_disk_in_torch_zip_writer_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     import shutil
     from train import checkpoint

@@ -66,3 +66,65 @@ def test_hugging_face_datasets_reads_the_set_offline(toy, tmp_path, monkeypatch)
     for row in ds:
         assert np.array_equal(np.asarray(row["png"].convert("RGB")), reference[row["__key__"]])
         assert row["json"]["index"] == int(row["__key__"])
+
+
+def rendered_and_packed(tmp_path) -> tuple[str, str]:
+    """A real render (json with ``source_index``) and a packed ImageFolder (json with ``class``)."""
+    from click.testing import CliRunner
+
+    import augment.pack  # noqa: F401  registers the command
+    from augment.cli import cli
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "src.png")
+    for c in range(2):
+        os.makedirs(tmp_path / "folder" / f"class{c}")
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / "folder" / f"class{c}" / f"{i}.png")
+    runner = CliRunner()
+    for args in (["render", "--image", str(tmp_path / "src.png"), "--count", "10", "--size", "16",
+                  "--samples-per-shard", "4", "--quiet", "--out", str(tmp_path / "rendered")],
+                 ["pack", str(tmp_path / "folder"), "--samples-per-shard", "4", "--out", str(tmp_path / "packed")]):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 0, res.output
+    return str(tmp_path / "rendered"), str(tmp_path / "packed")
+
+
+def test_timm_reads_the_set_with_the_split_augment_info_prints(tmp_path):
+    timm_data = pytest.importorskip("timm.data", reason="timm is not installed (pip install -e '.[timm]')")
+    from click.testing import CliRunner
+
+    from augment.cli import cli
+    for folder, target_key in zip(rendered_and_packed(tmp_path), ("source_index", "class")):
+        info = CliRunner().invoke(cli, ["info", folder])
+        split = next(ln.split()[1] for ln in info.output.splitlines() if ln.startswith("wds "))
+        manifest = json.load(open(os.path.join(folder, "manifest.json")))
+        assert split == f"shard-{{000000..{len(manifest['shards']) - 1:06d}}}.tar|{manifest['count']}"
+        shards = sorted(glob.glob(os.path.join(folder, "shard-*.tar")))
+        reference = pixels_from_tar(shards)  # PNG sets: every sample's pixels
+        labels = {}
+        for path in shards:
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    if member.name.endswith(".json"):
+                        labels[member.name[:-5]] = json.loads(tar.extractfile(member).read())[target_key]
+        # the recipe of docs/sharing.md, as written there
+        ds = timm_data.create_dataset("wds/", root=folder, split=split, target_key=target_key,
+                                      is_training=False, batch_size=1)
+        assert len(ds) == manifest["count"]
+        got = list(ds)
+        assert len(got) == manifest["count"]
+        by_pixels = {arr.tobytes(): key for key, arr in reference.items()}
+        for image, target in got:
+            key = by_pixels[np.asarray(image).tobytes()]  # every image is a sample of the set ...
+            assert target == labels[key]                  # ... with its own label
+        assert sorted(by_pixels[np.asarray(i).tobytes()] for i, _ in got) == sorted(reference)
+
+
+def test_the_wds_split_is_offered_only_for_shards_zero_to_n_in_order():
+    from augment.shards import brace_pattern, shard_name
+    assert brace_pattern([shard_name(i) for i in range(12)]) == "shard-{000000..000011}.tar"
+    assert brace_pattern([shard_name(0)]) == "shard-000000.tar"
+    assert brace_pattern([shard_name(0), shard_name(2)]) is None      # a hand-made subset: no pattern fits
+    assert brace_pattern([shard_name(1), shard_name(0)]) is None
+    assert brace_pattern([]) is None

@@ -236,19 +236,54 @@ def fit(method: Method) -> dict[str, Any]:
         run.echo(stop_line(run, method))
         return summary
     except KeyboardInterrupt:
+        if not run.dist.is_main:    # every rank got the Ctrl-C: rank 0 says where the run stands
+            sys.exit(130)
         raise click.ClickException(interrupted_line(run, method)) from None
     finally:
         run.close()
 
 
-def resume_command(method: Method) -> str:
-    """The command line of this run with ``--resume`` (what continues it)."""
+def launcher_prefix(cmdline_path: str | None = None) -> list[str]:
+    """How this rank's launcher was started, up to the trainer (``torchrun --nproc_per_node 2``), read
+    from the parent's command line; ``["python"]`` outside torchrun or where it cannot be read."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
+        return ["python"]
+    try:
+        with open(cmdline_path or f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", "1")]
+    # The launcher's own arguments end where the trainer begins: `-m MODULE`, or the rank's script.
+    ends = [i for i, a in enumerate(argv) if i >= 2 and (a == "-m" or a == sys.argv[0])]
+    argv = argv[:ends[0]] if ends else argv
+    if len(argv) > 1 and os.path.basename(argv[1]) == "torchrun":
+        return ["torchrun", *argv[2:]]
+    return ["python", *argv[1:]] if argv else ["python"]
+
+
+def without_option(args: list[str], option: str) -> list[str]:
+    """``args`` less every ``option VALUE`` and ``option=VALUE``."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
+def resume_command(method: Method, drop: str | None = None) -> str:
+    """The command line of this run with ``--resume`` (what continues it), under its launcher if any;
+    ``drop``: an option whose stop was reached (continuing with it would stop again at once)."""
     args = [a for a in sys.argv[1:] if a != "--resume"]
+    args = without_option(args, drop) if drop else args
     module = type(method).__module__
     if module == "__main__":       # `python -m train.rotnet`: the module's own name is in its spec
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         module = spec.name if spec is not None else "train." + method.name
-    return shlex.join(["python", "-m", module, *args, "--resume"])
+    return shlex.join([*launcher_prefix(), "-m", module, *args, "--resume"])
 
 
 def stop_line(run: Run, method: Method) -> str:
@@ -263,7 +298,9 @@ def stop_line(run: Run, method: Method) -> str:
     else:
         why = f"all {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} done"
     kept = run.ckpt_path if os.path.isfile(run.ckpt_path) else "none written"
-    return f"stopped at step {run.step}: {why}; checkpoint: {kept}; to continue: {resume_command(method)}"
+    drop = "--stop-at-step" if why.startswith("--stop-at-step") else None
+    return (f"stopped at step {run.step}: {why}; checkpoint: {kept}; to continue: "
+            f"{resume_command(method, drop)}")
 
 
 def interrupted_line(run: Run, method: Method) -> str:
