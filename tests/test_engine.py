@@ -80,9 +80,13 @@ r.cli(sys.argv[1:])
 """
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, workers):
+    # With DataLoader workers: the trainer alone is killed (not its group) and resumed at once, with no
+    # wait; its workers must neither hold the run's lock nor outlive it (issue 23).
     shards = make_toy_set(str(tmp_path / "toy"), count=32, size=32, per_shard=8)
-    args = ["--shards", shards, *FAST, "--epochs", "2", "--batch-size", "8"]   # 4 batches per epoch
+    fast = [*FAST[:FAST.index("--workers") + 1], str(workers), *FAST[FAST.index("--workers") + 2:]]
+    args = ["--shards", shards, *fast, "--epochs", "2", "--batch-size", "8"]   # 4 batches per epoch
     killed, marker = str(tmp_path / "killed"), str(tmp_path / "parked")
     # Bit-identical only at equal thread counts (CPU reductions split by thread): match this process's.
     env = dict(os.environ, PARK_AT="7", PARK_MARKER=marker, PYTHONPATH=ROOT,
@@ -101,8 +105,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         proc.wait()
     mid = load_checkpoint(killed)
     assert (mid["epoch"], mid["step"]) == (1, 4)      # the end-of-epoch-0 checkpoint survived the kill
-    r = invoke("--out", killed, "--resume", *args)
+    r = invoke("--out", killed, "--resume", *args)    # at once: the lock is not held by an orphan
     assert r.exit_code == 0, r.output
+    assert [e["from_step"] for e in logs(killed) if e.get("event") == "resumed"] == [4]
+    assert not orphans_of(killed, within=60)          # the killed trainer's workers died with it
     r = invoke("--out", tmp_path / "straight", *args)
     assert r.exit_code == 0, r.output
     a, b = load_checkpoint(killed), load_checkpoint(str(tmp_path / "straight"))
@@ -110,6 +116,26 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
     assert all(torch.equal(x, y) for x, y in zip(a["state"]["optimizer"]["state"][0].values(),
                                                  b["state"]["optimizer"]["state"][0].values()))
+
+
+def orphans_of(out: str, within: float) -> list[int]:
+    """PIDs of processes still running the trainer command that wrote ``out`` (its forked workers carry
+    its command line), after waiting up to ``within`` s for them to go (a bound on a hang, not a timing)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if out.encode() in f.read():
+                        with open(f"/proc/{pid}/stat") as st:
+                            if st.read().rsplit(")", 1)[1].split()[0] != "Z":
+                                found.append(int(pid))
+            except OSError:
+                pass
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_checkpoint_architecture_wins_on_resume(toy_set, tmp_path):

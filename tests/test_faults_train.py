@@ -33,6 +33,20 @@ def one_line(r) -> bool:
     return r.exit_code != 0 and "Traceback" not in r.output and len(errors) == 1
 
 
+def save_failing_midway(error):
+    """A ``torch.save`` that, writing a checkpoint's temporary file, writes 100 bytes of it and raises
+    ``error(path)``, as on a disk that fills up; every other save is torch's own."""
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if isinstance(f, str) and ".partial-" in f:
+            with open(f, "wb") as fh:
+                fh.write(b"\0" * 100)
+            raise error(f)
+        return real(obj, f, *a, **k)
+    return save
+
+
 @pytest.fixture
 def toy(tmp_path):
     return make_toy_set(str(tmp_path / "toy"), count=32, size=32, per_shard=16, fmt="jpg")
@@ -42,16 +56,8 @@ def test_full_disk_while_checkpointing_keeps_the_last_good_one(toy, tmp_path, mo
     out = tmp_path / "run"
     assert rot("--shards", toy, "--out", out, *FAST, "--max-steps", 2).exit_code == 0
     before = (out / "checkpoint.pt").read_bytes()
-    real = torch.save
-
-    def full(obj, f, *a, **k):
-        if isinstance(f, str) and ".partial-" in f:
-            with open(f, "wb") as fh:
-                fh.write(b"\0" * 100)
-            raise OSError(errno.ENOSPC, "No space left on device", f)
-        return real(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(torch, "save", save_failing_midway(lambda f: OSError(errno.ENOSPC, "No space left on device",
+                                                                             f)))
     r = rot("--shards", toy, "--out", out, *FAST, "--max-steps", 4, "--resume")
     monkeypatch.undo()
     assert one_line(r) and "no space left" in r.output and "bytes are needed" in r.output
@@ -282,16 +288,9 @@ def test_full_disk_in_torch_zip_writer_is_one_line_and_keeps_the_checkpoint(tmp_
     out = tmp_path / "run"
     assert toy_run("--out", out, "--max-steps", 4).exit_code == 0
     before = (out / "checkpoint.pt").read_bytes()
-    real = torch.save
-
-    def full(obj, f, *a, **k):
-        if isinstance(f, str) and ".partial-" in f:
-            with open(f, "wb") as fh:
-                fh.write(b"\0" * 100)
-            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
-        return real(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", full)
+    # torch's zip writer reports a full disk as RuntimeError, not OSError
+    monkeypatch.setattr(torch, "save", save_failing_midway(
+        lambda f: RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")))
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 4096))
     r = toy_run("--out", out, "--max-steps", 8, "--resume")
     monkeypatch.undo()

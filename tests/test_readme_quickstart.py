@@ -17,17 +17,48 @@ def quickstart() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
+# What a command line reads, and what it writes (a folder, or a file whose folder then holds it).
+READS = (r"(?:--shards|--checkpoint|--compare|--teacher|--data|--data-root|--eval-data|--content|--style|"
+         r"augment (?:verify|info|show|publish|merge)|probe\.table|probe\.figures (?:filters|layers)) (\S+)")
+WRITES = r"(?:--out|-C|mkdir -p|augment fetch \S+) (\S+)"
+# The README's own placeholders for the reader's data, each explained in its prose.
+PLACEHOLDERS = {"DATA", "imagenet", "a.jpg", "b.jpg", "IMAGEFOLDER", "path/to/imagefolder", "DIR"}
+
+
+def unread(lines: list[str], placeholders: set[str] = frozenset()) -> list[tuple[str, str]]:
+    """(line, path) for every path a line reads that no line above it wrote."""
+    missing = []
+    for i, line in enumerate(lines):
+        written = [w for earlier in lines[:i] for w in re.findall(WRITES, earlier.split(" #")[0])]
+        for path in re.findall(READS, line.split(" #")[0]):
+            stem = path.removesuffix("*").rstrip("/")
+            stem = os.path.dirname(stem) if stem.endswith(".pt") else stem
+            if stem not in placeholders and not any(w == stem or w.startswith(stem + "/") or
+                                                    stem.startswith(w + "/") for w in written):
+                missing.append((line, path))
+    return missing
+
+
 def test_the_block_reads_only_what_an_earlier_line_wrote():
     """No placeholder: every folder a command reads was written by a line above it."""
     lines = quickstart()
     assert lines[0].startswith("python -m augment render") and lines[-1].startswith("python -m probe.table")
-    reads = r"(?:--shards|--checkpoint|--data-root|augment verify|probe\.table) (\S+)"
-    writes = r"(?:--out|-C|mkdir -p) (\S+)"
-    for i, line in enumerate(lines):
-        written = [w for earlier in lines[:i] for w in re.findall(writes, earlier)]
-        for path in re.findall(reads, line):
-            stem = path.removesuffix("*").rstrip("/")
-            assert any(w == stem or w.startswith(stem + "/") for w in written), (line, path)
+    assert unread(lines) == []
+
+
+def test_every_readme_command_reads_what_an_earlier_one_wrote_or_a_named_placeholder():
+    """The full-size commands, read in the README's order (quick start first): each input is an earlier
+    command's output, or one of the few placeholders for the reader's own data that the prose explains."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    lines = [ln for block in re.findall(r"```sh\n(.*?)```", text, re.S) for ln in block.splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert any("train.bigan" in ln for ln in lines) and any("probe.style" in ln for ln in lines)
+    assert unread(lines, PLACEHOLDERS) == []
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    assert [p for p in PLACEHOLDERS - {"path/to/imagefolder", "DIR"} if f"`{p}`" not in prose] == []
+    # the checker itself: an input nobody wrote is caught
+    assert unread(["python -m train.rotnet --shards shards/nowhere --out runs/x"]) == \
+        [("python -m train.rotnet --shards shards/nowhere --out runs/x", "shards/nowhere")]
 
 
 @pytest.mark.slow

@@ -306,12 +306,18 @@ def test_a_truncated_shard_on_the_server_is_named_damaged_not_run_again(served, 
     assert not (out / MANIFEST).exists()
 
 
+def failing_server(src: str, shards: int, fault: str, after: int) -> Server:
+    """A server of ``src`` whose every shard fails the same way (``stall_after`` or ``drop_after``) after
+    ``after`` bytes."""
+    server = Server(src)
+    getattr(server, fault).update({f"shard-{i:06d}.tar": after for i in range(shards)})
+    return server
+
+
 def test_a_server_that_stops_sending_ends_the_fetch_early_in_one_line_and_a_later_run_resumes(tmp_path):
     src = make_toy_set(str(tmp_path / "src"), count=128, size=32, per_shard=16)  # 8 shards
-    server = Server(src)
+    server = failing_server(src, 8, "stall_after", 1000)
     try:
-        for i in range(8):
-            server.stall_after[f"shard-{i:06d}.tar"] = 1000
         out = tmp_path / "out"
         line = one_line_error(fetch(server.url, out, "--jobs", "2", "--timeout", "1"))
         assert line.startswith(f"Error: {server.url}: the server stopped answering (3 connections in a row failed, "
@@ -335,10 +341,8 @@ def test_a_server_that_stops_sending_ends_the_fetch_early_in_one_line_and_a_late
 def test_a_server_dying_mid_fetch_is_one_short_line(tmp_path):
     """Every connection breaks mid-file (a server being killed): one short line, not one per shard."""
     src = make_toy_set(str(tmp_path / "src"), count=256, size=32, per_shard=16)  # 16 shards
-    server = Server(src)
+    server = failing_server(src, 16, "drop_after", 100)
     try:
-        for i in range(16):
-            server.drop_after[f"shard-{i:06d}.tar"] = 100
         line = one_line_error(fetch(server.url, tmp_path / "out", "--jobs", "1"))
         assert line.startswith(f"Error: {server.url}: the server stopped answering (3 connections in a row failed, "
                                f"the last: connection closed after ")
