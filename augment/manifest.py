@@ -175,7 +175,7 @@ def write_manifest(folder: str | os.PathLike, data: dict[str, Any]) -> str:
 def _read_text(location: str) -> tuple[str, str]:
     """Return (root, manifest text) for a folder, a manifest path, or a URL of either."""
     if not location.strip():
-        raise click.ClickException("no shard set given (the path is empty); pass --shards a folder rendered by "
+        raise click.ClickException("no shard set given (the path is empty); give a folder rendered by "
                                    "`python -m augment render`, or its URL")
     if location.endswith(MANIFEST):
         path, root = location, location[: -len(MANIFEST)].rstrip("/") or "."
@@ -183,11 +183,15 @@ def _read_text(location: str) -> tuple[str, str]:
         root, path = location.rstrip("/") or location, _join(location, MANIFEST)
     if not _is_url(location):
         if not os.path.exists(root):
-            raise click.ClickException(f"{root}: no such folder; pass --shards a folder rendered by "
+            raise click.ClickException(f"{root}: no such folder; give a folder rendered by "
                                        f"`python -m augment render` (or `make shards`)")
+        if os.path.isfile(root):
+            raise click.ClickException(f"{root}: a file, not a shard set; give the folder `python -m augment "
+                                       f"render --out DIR` wrote (it holds {MANIFEST} and shard-*.tar)")
         if not os.path.isfile(path):
-            raise click.ClickException(f"{root}: not a shard set (no {MANIFEST}); render one with "
-                                       f"`python -m augment render --out {root}` or fetch one")
+            fix = (f"render one with `python -m augment render --out {root}` or fetch one" if not os.listdir(root)
+                   else f"give the folder `python -m augment render --out DIR` wrote (it holds {MANIFEST})")
+            raise click.ClickException(f"{root}: not a shard set (no {MANIFEST}); {fix}")
         try:
             with open(path, "rb") as f:
                 return root, _decode(f.read(), path)

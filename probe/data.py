@@ -229,6 +229,10 @@ def load_cifar(dataset: str, root: str) -> tuple[list[str], Split, Split]:
                                        f"or extract the JPEG tarball there")
     eval_name = eval_split_dir(root, ("test", "val"))
     classes, tr = folder_split(root, "train", None)
+    want = {"cifar10": 10, "cifar100": 100}.get(dataset)
+    if want is not None and len(classes) != want:  # results are labelled with the dataset's name
+        raise click.ClickException(f"--data-root {root}: {len(classes)} class folders in train/, but --dataset "
+                                   f"{dataset} has {want}; for another labelled folder use --dataset imagefolder")
     _, te = folder_split(root, eval_name, classes)
     return classes, tr, te
 

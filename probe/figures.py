@@ -77,7 +77,15 @@ def _save(fig, out: str) -> None:
     """Write the figure atomically (the format follows the file's extension); one line on failure."""
     import matplotlib.pyplot as plt
 
+    ext = os.path.splitext(out)[1].lstrip(".").lower()
+    kinds = fig.canvas.get_supported_filetypes()
     try:
+        if os.path.isdir(out):
+            raise click.ClickException(f"--out {out}: a folder; give a file name in it, e.g. "
+                                       f"{os.path.join(out, 'figure.png')}")
+        if ext not in kinds:
+            raise click.ClickException(f"--out {out}: {'no' if not ext else 'unknown'} image format "
+                                       f"{ext!r}; end the name with one of .{', .'.join(sorted(kinds))}")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with atomic_path(out, suffix=os.path.splitext(out)[1]) as tmp:
             fig.savefig(tmp, bbox_inches="tight")

@@ -18,6 +18,7 @@ Writes ``OUT/probe.json`` (top-1 per layer, final and best, and everything neede
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -500,6 +501,10 @@ def check_config(cfg: ProbeConfig) -> ProbeConfig:
     if protocol == "imagenet" and cfg.crop > cfg.resize:
         raise click.ClickException(f"--crop {cfg.crop} is larger than --resize {cfg.resize}: the ten evaluation "
                                    f"crops are cut from the resized image; give a --crop of at most --resize")
+    if any(os.path.exists(os.path.join(cfg.out, n)) for n in ("checkpoint.pt", ".train")):
+        raise click.ClickException(f"--out {cfg.out} holds a training run (checkpoint.pt); a probe there would "
+                                   f"replace its {LOG}; choose another --out, e.g. probes/"
+                                   f"{os.path.basename(os.path.normpath(cfg.out))}")
     if os.path.isfile(os.path.join(cfg.out, RESULT)) and not cfg.overwrite:
         raise click.ClickException(f"{cfg.out} already holds {RESULT}; choose another --out or pass --overwrite")
     return replace(cfg, pooling=pooling, protocol=protocol, cache=cfg.cache or fcache.default_cache_dir())
@@ -641,7 +646,21 @@ def variant_help(name: str, what: str) -> str:
 def main(**kw) -> None:
     """Train linear probes on every conv layer of a frozen, BN-folded checkpoint."""
     kw["layers"] = tuple(s.strip() for s in kw["layers"].split(",") if s.strip())
-    result = run_probe(ProbeConfig(**kw))
+    created = not os.path.exists(kw["out"])
+    try:
+        result = run_probe(ProbeConfig(**kw))
+    except KeyboardInterrupt:
+        err = click.ClickException(f"interrupted before {kw['out']}/{RESULT} was written; the features already "
+                                   f"cached are kept, and the same command starts again from them")
+        err.exit_code = 130
+        raise err from None
+    finally:
+        if created and not os.path.isfile(os.path.join(kw["out"], RESULT)):
+            # a probe that did not finish leaves no folder of its own making behind (nor its log)
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(kw["out"], LOG))
+            with contextlib.suppress(OSError):
+                os.rmdir(kw["out"])
     for name in result["layers"]:
         click.echo(f"{name}: top-1 {result['top1'][name]:.2f} (best {result['top1_best'][name]:.2f} "
                    f"at epoch {result['best_epoch'][name]})")

@@ -42,9 +42,9 @@ def read_result(path: str) -> dict:
     if os.path.isdir(path):
         path = os.path.join(path, RESULT)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             res = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise click.ClickException(f"{path}: not a readable probe result ({type(e).__name__}); run "
                                    f"`python -m probe.linear` first") from None
     if not isinstance(res, dict) or res.get("format") != FORMAT:

@@ -24,7 +24,7 @@ import torch
 from augment.files import describe_os_error, file_digest, write_text_atomic
 from probe.backbone import state_hash, strip_prefixes
 from train.checkpoint import CHECKPOINT, REQUIRED, load_checkpoint
-from train.classifier import DEFAULT_INPUT, build_classifier, score
+from train.classifier import DEFAULT_INPUT, build_classifier, check_label_classifier, score
 from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
 from train.models import EncoderSpec
 from train.run import Dist, git_revision, resolve_device
@@ -75,6 +75,7 @@ def check_frozen(ck: dict, cfg: Top1Config) -> dict:
 
 def load_classifier(ck: dict, path: str, num_classes: int, input_size: int) -> torch.nn.Module:
     """The network a supervised run trained, from its checkpoint's model state."""
+    check_label_classifier(ck, path)
     model_state = (ck.get("state") or {}).get("model")
     if model_state is None:
         raise click.ClickException(f"{path}: holds no classifier (method {ck.get('method', '?')!r}); give the "

@@ -125,6 +125,19 @@ def unit_response(bb: Backbone, x: torch.Tensor, layer: str) -> torch.Tensor:
     return activations(bb.encoder, to_encoder(x), [layer], pre_activation=True)[layer]
 
 
+def check_size(bb: Backbone, layer: str, size: int, smallest: int) -> None:
+    """Refuse a ``--size`` whose images (``smallest`` pixels after any transform) vanish before ``layer``."""
+    device = next(bb.encoder.parameters()).device
+    try:
+        with torch.no_grad():
+            unit_response(bb, torch.zeros(1, 3, smallest, smallest, device=device), layer)
+    except RuntimeError as e:
+        arch = bb.spec.get("arch", "alexnet")
+        raise click.ClickException(f"--size {size}: too small for {layer} of this {arch} encoder (its pooling "
+                                   f"leaves no pixel: {str(e).splitlines()[0][:120]}); raise --size (its "
+                                   f"training input is {DEFAULT_INPUT.get(arch, 224)})") from None
+
+
 def check_units(bb: Backbone, layer: str, units: list[int]) -> list[int]:
     """``units`` after checking each is a channel of ``layer``; one clear line otherwise."""
     n = bb.encoder.blocks[layer][0].out_channels
@@ -145,6 +158,8 @@ def own_means(response: torch.Tensor) -> torch.Tensor:
 def maximize(bb: Backbone, layer: str, units: list[int], cfg: MaximizeConfig) -> tuple[torch.Tensor, dict]:
     """One image per unit maximising its mean response; returns them and the responses before and after."""
     g = torch.Generator().manual_seed(cfg.seed)
+    # standard_transforms: pad 12 each side, jitter 8, the smallest scale, jitter 4
+    check_size(bb, layer, cfg.size, int(min(SCALES) * (cfg.size + 16)) - 4 if cfg.transforms else cfg.size)
     device = next(bb.encoder.parameters()).device
     image = ImageParam(len(units), cfg.size, cfg.param, cfg.decorrelate, g).to(device)
     opt = torch.optim.Adam(image.parameters(), lr=cfg.lr)
@@ -195,6 +210,7 @@ def retrieve(bb: Backbone, files: list[str], layer: str, units: list[int],
     Ties keep folder order (a stable sort), so the result is deterministic.
     """
     size = cfg.size or DEFAULT_INPUT[bb.spec.get("arch", "alexnet")]
+    check_size(bb, layer, size, size)
     device = next(bb.encoder.parameters()).device
     sel = torch.tensor(units, device=device)
     scores = []

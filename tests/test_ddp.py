@@ -224,3 +224,35 @@ def test_ctrl_c_under_launch_is_one_line_with_the_launch_command_that_resumes(tm
                        capture_output=True, text=True, timeout=180)
     assert q.returncode == 0, q.stderr[-3000:]
     assert load_checkpoint(str(out_dir))["step"] == step + 2
+
+
+def test_launch_refuses_a_process_count_that_is_none(tmp_path):
+    for n in ("0", "abc"):
+        p = subprocess.run([sys.executable, "-m", "train.launch", "--nproc_per_node", n, "-m", "train.rotnet",
+                            "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+        assert p.returncode == 1 and p.stdout == ""
+        assert p.stderr.strip() == (f"Error: --nproc_per_node {n}: give a number of processes of at least 1 (or "
+                                    f"auto, cpu, gpu)")
+
+
+def test_killing_the_launcher_alone_takes_its_ranks_with_it_and_the_run_resumes_at_once(tmp_path):
+    import signal
+    import time
+
+    from tests.test_engine import orphans_of
+
+    out_dir = tmp_path / "run"
+    p = launch(tmp_path, "--out", out_dir, "--device", "cpu", "--epochs", "1000")
+    deadline = time.monotonic() + 240
+    while not (out_dir / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)                 # the launcher alone, not its group
+    p.communicate(timeout=60)
+    assert not orphans_of(str(out_dir), within=60)  # no rank trains on for a dead launcher
+    step = load_checkpoint(str(out_dir))["step"]
+    q = launch(tmp_path / "again", "--out", out_dir, "--device", "cpu", "--epochs", "1000", "--resume",
+               "--stop-at-step", step + 2)
+    out, _ = q.communicate(timeout=180)
+    assert q.returncode == 0, out[-3000:]
+    assert load_checkpoint(str(out_dir))["step"] == step + 2

@@ -31,7 +31,7 @@ def run(args):
 
 
 def cifar_args(tmp_path, ck, root, out="o", *extra):
-    return ["--checkpoint", ck, "--data-root", root, "--out", str(tmp_path / out), "--epochs", "1",
+    return ["--checkpoint", ck, "--dataset", "imagefolder", "--data-root", root, "--out", str(tmp_path / out), "--epochs", "1",
             "--workers", "0", "--batch-size", "8", "--device", "cpu", "--cache", str(tmp_path / "cache"),
             "--layers", "conv1", *extra]
 
@@ -161,8 +161,8 @@ def test_interrupted_cache_write_leaves_nothing_and_killed_temps_are_removed(tmp
 def test_default_cache_is_the_user_cache_and_probes_glob_works(tmp_path, monkeypatch, user_cache):
     root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
     monkeypatch.chdir(tmp_path)
-    args = ["--checkpoint", ck, "--data-root", root, "--epochs", "1", "--workers", "0", "--batch-size", "8",
-            "--device", "cpu", "--layers", "conv1"]
+    args = ["--checkpoint", ck, "--dataset", "imagefolder", "--data-root", root, "--epochs", "1", "--workers", "0",
+            "--batch-size", "8", "--device", "cpu", "--layers", "conv1"]
     assert run(args + ["--out", "probes/a", "--label", "MonoGAN"]).exit_code == 0
     assert os.listdir("probes") == ["a"]
     assert entry_of(tmp_path, "probes/a").startswith(str(user_cache / "single-image-ssl" / "features"))
@@ -443,3 +443,48 @@ def test_a_probe_on_a_checkpoint_without_its_encoder_is_one_line(tmp_path):
     r = run(cifar_args(tmp_path, ck, root, "o", "--dataset", "imagefolder"))
     one_line_error(r, f"{ck}: incomplete checkpoint (it lacks encoder_spec); restore it from a copy or train again")
 
+
+
+# --------------------------------------------------------------------------- issue #23: second field test
+
+
+def test_a_probe_into_a_training_runs_folder_is_refused(tmp_path):
+    root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "log.jsonl").write_text('{"git": "x"}\n')
+    r = run(cifar_args(tmp_path, ck, root, "run"))
+    one_line_error(r, f"--out {run_dir} holds a training run (checkpoint.pt); a probe there would replace its "
+                      f"log.jsonl; choose another --out, e.g. probes/run")
+    assert (run_dir / "log.jsonl").read_text() == '{"git": "x"}\n'
+
+
+def test_a_file_that_is_not_a_probe_result_is_one_line_in_table_and_figures(tmp_path):
+    (tmp_path / "ck.pt").write_bytes(b"\x80\x02binary")
+    for cmd, args in ((table.main, [str(tmp_path / "ck.pt"), "--out", "-"]),
+                      (figures.cli, ["layers", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "l.png")])):
+        r = CliRunner().invoke(cmd, args)
+        one_line_error(r, f"{tmp_path / 'ck.pt'}: not a readable probe result (UnicodeDecodeError)")
+
+
+def test_a_figure_out_that_is_a_folder_or_an_unknown_format_is_one_line(tmp_path):
+    ck = make_ckpt(tmp_path)
+    (tmp_path / "dir").mkdir()
+    r = CliRunner().invoke(figures.cli, ["filters", ck, "--out", str(tmp_path / "dir")])
+    one_line_error(r, f"--out {tmp_path / 'dir'}: a folder; give a file name in it")
+    r = CliRunner().invoke(figures.cli, ["filters", ck, "--out", str(tmp_path / "f.jpgx")])
+    one_line_error(r, "unknown image format 'jpgx'; end the name with one of", ".png")
+    assert sorted(os.listdir(tmp_path)) == ["ck.pt", "dir"]
+
+
+def test_visualize_refuses_a_size_that_vanishes_before_the_layer(tmp_path):
+    from probe.visualize import cli as visualize
+
+    ck = make_ckpt(tmp_path, arch="alexnet")
+    r = CliRunner().invoke(visualize, ["maximize", "--checkpoint", ck, "--layer", "conv5", "--units", "0",
+                                       "--size", "16", "--steps", "1", "--device", "cpu",
+                                       "--out", str(tmp_path / "u.png")])
+    one_line_error(r, "--size 16: too small for conv5 of this alexnet encoder", "raise --size (its training "
+                      "input is 224)")
+    assert not (tmp_path / "u.png").exists()

@@ -233,7 +233,7 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tmp_path, monke
     r = CliRunner().invoke(toymethod.cli, args)
     assert error_line(r) == (f"Error: interrupted at step 10; {out}/checkpoint.pt holds the run up to step 8, "
                              f"1 epoch complete; resume with: python -m tests.toymethod {' '.join(args)}")
-    assert r.exit_code == 1 and (out / "checkpoint.pt").read_bytes() == before
+    assert r.exit_code == 130 and (out / "checkpoint.pt").read_bytes() == before
     assert not (out / ".train" / "lock").exists()
 
 
@@ -403,3 +403,91 @@ def test_an_eval_split_without_train_is_named(tmp_path):
         open_splits(str(tmp_path / "data"), "imagefolder", None, None)
     assert e.value.message == (f"--data {tmp_path}/data: has test/ but no train/; expected "
                                f"{tmp_path}/data/train/<class>/<image> beside test/")
+
+
+# --------------------------------------------------------------------------- issue #23: second field test
+
+
+def test_a_data_folder_given_as_out_is_refused_and_a_refused_run_leaves_no_folder(toy, tmp_path):
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    r = rot("--shards", toy, "--out", data, *FAST, "--max-steps", 1)
+    assert error_line(r) == (f"Error: --out {data}: holds 1 other entry (e.g. cat) and no run; a trainer writes "
+                             f"checkpoint.pt, log.jsonl and .train/ into --out: choose a new or empty folder")
+    assert os.listdir(data) == ["cat"]
+    r = rot("--shards", str(tmp_path / "nowhere"), "--out", tmp_path / "new", *FAST, "--max-steps", 1)
+    assert one_line(r) and "no such folder" in r.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_new_run_after_one_that_never_saved_keeps_the_old_log_apart(toy, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"git": "x", "config": {}}\n{"event": "non_finite"}\n')
+    r = rot("--shards", toy, "--out", out, *FAST, "--max-steps", 1)
+    assert r.exit_code == 0, r.output
+    assert f"an earlier run's log, which never reached a checkpoint, is kept as {out}/log.jsonl.1" in r.output
+    assert (out / "log.jsonl.1").read_text().endswith('{"event": "non_finite"}\n')
+    assert sum("git" in json.loads(ln) for ln in open(out / "log.jsonl")) == 1
+
+
+def test_only_a_classifier_trained_on_labels_is_a_teacher_or_scored_by_top1(toy, tmp_path):
+    from probe.top1 import cli as top1
+    from train import distill
+
+    out = tmp_path / "rot"
+    assert rot("--shards", toy, "--out", out, *FAST, "--max-steps", 1).exit_code == 0
+    for d in ("train", "test"):
+        for c in range(4):   # as many classes as RotNet's head has outputs: the widths fit, the meaning not
+            (tmp_path / "data" / d / f"c{c}").mkdir(parents=True)
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "data" / d / f"c{c}" / "0.png")
+    refusal = ("a 'rotnet' checkpoint, whose head predicts rotnet's own targets, not the data's classes; give a "
+               "train.supervised (or train.distill) checkpoint")
+    r = CliRunner().invoke(distill.cli, ["--shards", toy, "--teacher", str(out), "--eval-data", str(tmp_path / "data"),
+                                         "--eval-dataset", "imagefolder", "--student-arch", "small", "--out",
+                                         str(tmp_path / "kd"), "--device", "cpu", "--workers", "0", "--max-steps", "1"])
+    assert error_line(r) == f"Error: --teacher {out}: {refusal}"
+    r = CliRunner().invoke(top1, ["--checkpoint", str(out), "--data", str(tmp_path / "data"), "--device", "cpu",
+                                  "--workers", "0", "--out", str(tmp_path / "t.json")])
+    assert error_line(r) == f"Error: {out}/checkpoint.pt: {refusal}"
+
+
+def test_a_supervised_run_started_from_another_methods_encoder_resumes(toy, tmp_path):
+    gan = tmp_path / "gan"
+    r = CliRunner().invoke(monogan.cli, ["--shards", toy, "--out", str(gan), "--device", "cpu", "--workers", "0",
+                                         "--batch-size", "4", "--n-critic", "1", "--max-steps", "1"])
+    assert r.exit_code == 0, r.output
+    data = tmp_path / "data"
+    for d in ("train", "test"):
+        for c in range(2):
+            (data / d / f"c{c}").mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((32, 32, 3), 60 * c + i, np.uint8)).save(data / d / f"c{c}" / f"{i}.png")
+    base = ["--data", str(data), "--arch", "small", "--out", str(tmp_path / "sup"), "--device", "cpu",
+            "--workers", "0", "--batch-size", "4"]
+    sup = lambda *a: CliRunner().invoke(supervised.cli, [*base, *map(str, a)])  # noqa: E731
+    assert sup("--init-from", gan, "--max-steps", 2).exit_code == 0
+    r = sup("--max-steps", 4, "--resume")         # --init-from left out: the run's own start is kept
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(str(tmp_path / "sup"))["step"] == 4
+    r = sup("--max-steps", 6, "--resume", "--init-from", tmp_path / "other")
+    assert one_line(r) and f"--init-from {tmp_path / 'other'} (it was trained with {gan})" in r.output
+
+
+def test_a_bad_out_of_train_random_is_one_line(tmp_path):
+    from train import random as rnd
+
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = CliRunner().invoke(rnd.cli, ["--arch", "small", "--out", str(out)])
+        assert error_line(r).startswith(f"Error: --out {out}: cannot create the folder (")
+
+
+def test_a_gan_whose_samples_folder_is_a_file_stops_in_one_line(toy, tmp_path):
+    out = tmp_path / "gan"
+    out.mkdir()
+    (out / "samples").write_text("x")
+    r = CliRunner().invoke(monogan.cli, ["--shards", toy, "--out", str(out), "--device", "cpu", "--workers", "0",
+                                         "--batch-size", "4", "--n-critic", "1", "--max-steps", "2"])
+    line = error_line(r)
+    assert line.startswith(f"Error: sample sheet: {out}/samples/step") and "run again" in line

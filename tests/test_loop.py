@@ -92,6 +92,32 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert a["step"] == b["step"] == 24 and same_weights(a, b)
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(tmp_path):
+    # what a cluster's scheduler sends before its kill: one line, exit 143, the checkpoint kept
+    out, marker = str(tmp_path / "run"), str(tmp_path / "parked")
+    args = ["--out", out, *BASE, "--epochs", "3"]
+    env = dict(os.environ, TOY_PARK_AT="14", TOY_PARK_MARKER=marker, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", PARK, *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(marker):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.time() < deadline, "the run never reached step 14"
+            time.sleep(0.1)
+        proc.terminate()
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143 and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error")]
+    assert lines == [f"Error: stopped by SIGTERM at step 13; {out}/checkpoint.pt holds the run up to step 8, "
+                     f"1 epoch complete; resume with: python -m tests.toymethod {' '.join(args)} --resume"]
+    r = invoke("--out", out, "--epochs", 3, "--resume")
+    assert r.exit_code == 0 and load_checkpoint(out)["step"] == 24
+
+
 def test_time_budget_stops_with_a_checkpoint_and_sums_over_resumes(tmp_path):
     out = tmp_path / "run"
     r = invoke("--out", out, "--epochs", 50, "--sleep", 0.05, "--time-budget", 0.3)
@@ -157,7 +183,9 @@ def test_resume_applies_a_new_lr_and_refuses_what_it_cannot_apply(tmp_path):
     ck = load_checkpoint(str(out))
     assert ck["state"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
     assert [x["lr"] for x in logs(out) if x.get("event") == "train"][-1] == pytest.approx(0.001)
-    assert [x for x in logs(out) if x.get("event") == "changed_on_resume"][0]["applied"] == {"lr": [0.005, 0.001]}
+    # the run-length change is recorded beside the lr's (docs/training.md: every applied change is logged)
+    assert [x for x in logs(out) if x.get("event") == "changed_on_resume"][0]["applied"] == \
+        {"lr": [0.005, 0.001], "max_steps": [3, 5]}
 
 
 def test_two_trainers_cannot_share_an_out_folder(tmp_path):

@@ -38,7 +38,8 @@ def make_ckpt(tmp_path, arch="small", name="ck.pt"):
 
 
 def cfg(tmp_path, ck, root, out="out", **kw):
-    base = dict(checkpoint=ck, dataset="cifar10", data_root=root, out=str(tmp_path / out), epochs=2,
+    # the toy trees have 3 classes: an ImageFolder of 32x32 images, probed with the CIFAR protocol
+    base = dict(checkpoint=ck, dataset="imagefolder", data_root=root, out=str(tmp_path / out), epochs=2,
                 batch_size=8, workers=0, device="cpu", cache=str(tmp_path / "cache"))
     return ProbeConfig(**(base | kw))
 
@@ -69,7 +70,8 @@ def test_cifar_folder_probe_and_cache_hit(tmp_path):
     assert second["top1"] == first["top1"]  # same seed, same cached features, same result
     alone = run_probe(cfg(tmp_path, ck, root, "c", layers=("conv3",)))
     assert alone["top1"] == {"conv3": first["top1"]["conv3"]}  # probes are independent of each other
-    folder = run_probe(cfg(tmp_path, ck, root, "d", dataset="imagefolder", keep_cache=False))  # 32x32: CIFAR
+    folder = run_probe(cfg(tmp_path, ck, root, "d", dataset="imagefolder", keep_cache=False,  # 32x32: CIFAR
+                           cache=str(tmp_path / "cache-d")))
     assert folder["protocol"] == "cifar" and folder["resolved"]["pooling"] == "none"
     assert folder["top1"] == first["top1"]
     assert not os.path.exists(folder["resolved"]["cache"]["folder"]) and os.path.exists(path)
@@ -96,7 +98,7 @@ def test_cache_round_trip_matches_backbone(tmp_path):
 
     root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
     bb = load_backbone(ck)
-    _, tr, te = load_cifar("cifar10", root)
+    _, tr, te = load_cifar("imagefolder", root)
     path = str(tmp_path / "entry")
     stats = fcache.ensure(bb, [tr], ["conv3"], path, batch_size=5, workers=0, device=torch.device("cpu"),
                           dtype="float32")
@@ -187,8 +189,19 @@ def test_cifar_mixed_sizes_named(tmp_path):
     root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
     Image.new("RGB", (40, 40)).save(os.path.join(root, "train", "c2", "odd.png"))
     r = CliRunner().invoke(main, ["--checkpoint", ck, "--data-root", root, "--out", str(tmp_path / "o"),
-                                  "--workers", "0", "--epochs", "1", "--cache", str(tmp_path / "c")])
+                                  "--dataset", "imagefolder", "--protocol", "cifar", "--workers", "0", "--epochs", "1",
+                                  "--cache", str(tmp_path / "c")])
     assert r.exit_code == 1 and "odd.png" in r.output and "one image size" in r.output
+
+
+def test_a_folder_probed_as_cifar10_must_have_its_ten_classes(tmp_path):
+    root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)     # 3 classes
+    r = CliRunner().invoke(main, ["--checkpoint", ck, "--data-root", root, "--out", str(tmp_path / "o"),
+                                  "--workers", "0", "--epochs", "1", "--cache", str(tmp_path / "c")])
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --data-root {root}: 3 class folders in train/, but --dataset cifar10 has 10; for another "
+        f"labelled folder use --dataset imagefolder")
+    assert not (tmp_path / "o").exists()           # a probe that did not run leaves no folder behind
 
 
 @pytest.mark.data

@@ -38,16 +38,22 @@ def save_checkpoint(ck: dict[str, Any], path: str) -> None:
         with atomic_path(path) as tmp:
             torch.save(outer, tmp)
     except OSError as e:
-        raise click.ClickException(describe_os_error(e, path, need=len(payload)) +
-                                   f" (the last good {os.path.basename(path)} is kept)") from None
+        raise click.ClickException(describe_os_error(e, path, need=len(payload)) + _kept(path)) from None
     except RuntimeError as e:
         # torch's zip writer reports a failed write (a full disk) as RuntimeError, not OSError.
         raise click.ClickException(_write_failed(e, path, len(payload))) from None
 
 
+def _kept(path: str) -> str:
+    """What a failed write left of ``path``: the previous file, when there was one."""
+    return f" (the last good {os.path.basename(path)} is kept)" if os.path.isfile(path) else ""
+
+
 def _write_failed(e: RuntimeError, path: str, need: int) -> str:
     """The one line for a RuntimeError from torch.save: a full disk when the space left is short."""
-    kept = f" (the last good {os.path.basename(path)} is kept)"
+    kept = _kept(path)
+    if "Permission denied" in str(e):    # torch's zip writer wraps the OSError's text
+        return describe_os_error(PermissionError(errno.EACCES, "Permission denied", path), path) + kept
     try:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
     except OSError:

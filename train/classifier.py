@@ -23,6 +23,20 @@ TRANSFORMS = {"resnet18": "alexnet", "resnet50": "alexnet", "wrn16_4": "small", 
 # small encoder's CIFAR-sized 32.
 DEFAULT_INPUT = {"alexnet": 224, "small": 32, "wrn16_4": 32, "wrn40_4": 32, "resnet18": 224, "resnet50": 224}
 
+# Methods whose classifier head predicts the data's own labels (RotNet's predicts rotations, DeepCluster's
+# its clusters: a head of the same width would load but answer another question).
+LABEL_METHODS = ("supervised", "distill")
+
+
+def check_label_classifier(ck: dict, what: str) -> None:
+    """Refuse a checkpoint whose head was not trained on the data's labels (``what`` names the input)."""
+    method = ck.get("method")
+    if method not in LABEL_METHODS:
+        raise click.ClickException(f"{what}: a {method!r} checkpoint, whose head predicts {method}'s own "
+                                   f"targets, not the data's classes; give a train.supervised (or train.distill) "
+                                   f"checkpoint")
+
+
 # A method's map from one loader batch to (inputs, targets) on the run's device.
 ToXY = Callable[[tuple], tuple[torch.Tensor, torch.Tensor]]
 

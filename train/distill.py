@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.checkpoint import load_checkpoint
-from train.classifier import CLASSIFIER_ARCHS, DEFAULT_INPUT, build_classifier, score
+from train.classifier import CLASSIFIER_ARCHS, DEFAULT_INPUT, build_classifier, check_label_classifier, score
 from train.config import CommonConfig, command, option
 from train.loader import make_loader, prepare, random_crop_flip
 from train.loader.folder import DATASETS, make_folder_loader, open_splits, transforms_for
@@ -163,6 +163,7 @@ def torchvision_teacher(name: str) -> nn.Module:
 def checkpoint_teacher(path: str) -> tuple[nn.Module, int]:
     """A classifier rebuilt from a checkpoint of this tool, and the input side it was trained at."""
     ck = load_checkpoint(path)
+    check_label_classifier(ck, f"--teacher {path}")
     model_state = {k.removeprefix("module."): v for k, v in ck.get("state", {}).get("model", {}).items()}
     if "top.weight" not in model_state:
         raise click.ClickException(f"--teacher {path}: a {ck.get('method')!r} checkpoint without a classifier "
@@ -209,7 +210,8 @@ class Distill(Method):
                                   rank=run.dist.rank, world_size=run.dist.world_size,
                                   pin_memory=run.device.type == "cuda", verify_stream=cfg.verify_stream)
         splits = open_splits(cfg.eval_data, cfg.eval_dataset,
-                             *transforms_for("small" if size <= 32 else "alexnet", size))
+                             *transforms_for("small" if size <= 32 else "alexnet", size),
+                             flags=("--eval-data", "--eval-dataset"))
         if splits.eval is None:
             raise click.ClickException(f"--eval-data {cfg.eval_data}: no val/ or test/ split to score on")
         self.classes = len(splits.classes)
@@ -225,6 +227,13 @@ class Distill(Method):
         # channels-last like the student: the bf16 CPU kernels are several times slower on NCHW
         self.teacher = load_teacher(cfg.teacher).to(run.device, memory_format=memory_format(cfg.channels_last))
         self._loaders(run)
+        try:   # the teacher sees the student's inputs: a 224-px AlexNet cannot take 32-px patches
+            with torch.no_grad():
+                self.teacher(torch.zeros(1, 3, self.size, self.size, device=run.device))
+        except RuntimeError as e:
+            raise click.ClickException(f"--teacher {cfg.teacher}: cannot take the student's {self.size}-pixel "
+                                       f"inputs ({str(e).splitlines()[0][:120]}); give --crop the teacher's input "
+                                       f"side, or a teacher trained at {self.size} pixels") from None
         if num_classes(self.teacher) != self.classes:
             raise click.ClickException(f"--teacher {cfg.teacher} has {num_classes(self.teacher)} classes, "
                                        f"--eval-data {cfg.eval_data} {self.classes}; evaluate on the teacher's data")

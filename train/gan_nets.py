@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import os
 
+import click
 import numpy as np
 import torch
 from torch import nn
 
-from augment.files import atomic_path
+from augment.files import atomic_path, describe_os_error
 from augment.seeds import mix
 from train.models import Encoder, EncoderSpec, encoder_output_dim
 
@@ -184,9 +185,14 @@ def save_grid(images: torch.Tensor, path: str, nrow: int = 8, pad: int = 2) -> s
         sheet[y0:y0 + h, x0:x0 + w] = x[i].permute(1, 2, 0).numpy()
     from PIL import Image
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_path(path, ".png") as tmp:
-        Image.fromarray(sheet).save(tmp, format="PNG")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_path(path, ".png") as tmp:
+            Image.fromarray(sheet).save(tmp, format="PNG")
+    except OSError as e:
+        raise click.ClickException(f"sample sheet: {describe_os_error(e, path, need=sheet.nbytes)}; make "
+                                   f"{os.path.dirname(path)} a folder this user can write and run again (with "
+                                   f"--resume once a checkpoint.pt is there)") from None
     return path
 
 

@@ -32,7 +32,7 @@ def trainer_device(script_args: list[str]) -> str | None:
 
 
 def preflight(args) -> None:
-    """Refuse, before any rank starts, what every rank would refuse: a missing device."""
+    """Refuse, before any rank starts, what every rank would refuse: a missing device, no process count."""
     device = trainer_device(args.training_script_args)
     if device is not None:
         try:
@@ -40,6 +40,10 @@ def preflight(args) -> None:
         except click.ClickException as e:
             raise click.ClickException(f"{e.message} (checked before starting {args.nproc_per_node} ranks of "
                                        f"{args.training_script})") from None
+    n = str(args.nproc_per_node)
+    if n not in ("auto", "cpu", "gpu", "xpu") and not (n.isdigit() and int(n) > 0):
+        raise click.ClickException(f"--nproc_per_node {n}: give a number of processes of at least 1 (or auto, "
+                                   f"cpu, gpu)")
     if args.nproc_per_node == "gpu" and not torch.cuda.is_available():
         raise click.ClickException("--nproc_per_node gpu: no CUDA device is visible here; give a number of "
                                    "processes (e.g. --nproc_per_node 2) and --device cpu")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 from typing import Any, ClassVar
 
@@ -209,6 +210,9 @@ def check_resume(run: Run, method: Method, objects: dict[str, Any], state: Resum
         back = " ".join(f"--{k.replace('_', '-')} {a}" for k, (a, b) in refused.items())
         raise click.ClickException(f"--resume: {said} cannot change in the middle of a {method.name} run; give the "
                                    f"checkpoint's value ({back}) to continue, or start a new run in another --out")
+    # run-length and logging options apply as given; they are recorded as the method's changes are
+    changes |= {k: (saved[k], v) for k, v in cfg.to_dict().items()
+                if k in RESUMABLE and k not in ("resume", "out") and k in saved and saved[k] != v}
     if changes:
         run.log({"event": "changed_on_resume", "applied": {k: list(v) for k, v in changes.items()}})
         run.echo(f"resume: applying {', '.join(sorted(changes))} from step {run.step} (recorded in the log)")
@@ -218,6 +222,7 @@ def fit(method: Method) -> dict[str, Any]:
     """Train ``method`` as its config says; returns the last epoch's statistics (also in OUT/log.jsonl)."""
     method.check()
     run = Run(method.cfg, method.name)
+    term = on_sigterm_interrupt()
     try:
         if run.cfg != method.cfg:       # --resume: the checkpoint's architecture fields won
             method.cfg = run.cfg
@@ -235,12 +240,36 @@ def fit(method: Method) -> dict[str, Any]:
         summary = run_epochs(run, method, objects, state)
         run.echo(stop_line(run, method))
         return summary
-    except KeyboardInterrupt:
-        if not run.dist.is_main:    # every rank got the Ctrl-C: rank 0 says where the run stands
-            sys.exit(130)
-        raise click.ClickException(interrupted_line(run, method)) from None
+    except KeyboardInterrupt as e:
+        code = 128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT)
+        if not run.dist.is_main:    # every rank got the signal: rank 0 says where the run stands
+            sys.exit(code)
+        err = click.ClickException(interrupted_line(run, method, e))
+        err.exit_code = code
+        raise err from None
     finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
         run.close()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster's scheduler sends before a kill), handled as a Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def on_sigterm_interrupt():
+    """Make SIGTERM stop the run as Ctrl-C does (one line, the last checkpoint kept); returns the previous
+    handler (None off the main thread, where no handler can be set)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 def launcher_prefix(cmdline_path: str | None = None) -> list[str]:
@@ -303,10 +332,11 @@ def stop_line(run: Run, method: Method) -> str:
             f"{resume_command(method, drop)}")
 
 
-def interrupted_line(run: Run, method: Method) -> str:
-    """The one line of a Ctrl-C: what the last checkpoint holds and the command that resumes from it."""
+def interrupted_line(run: Run, method: Method, why: KeyboardInterrupt | None = None) -> str:
+    """The one line of a Ctrl-C or SIGTERM: what the last checkpoint holds and the command that resumes."""
+    what = f"stopped by {why}" if isinstance(why, Terminated) else "interrupted"
     if not os.path.isfile(run.ckpt_path):
-        return (f"interrupted at step {run.step} before the first checkpoint; nothing to resume: run the "
+        return (f"{what} at step {run.step} before the first checkpoint; nothing to resume: run the "
                 f"same command again (in a new --out, or after deleting {run.cfg.out})")
     try:
         from train.checkpoint import load_checkpoint
@@ -315,7 +345,7 @@ def interrupted_line(run: Run, method: Method) -> str:
         done = f"step {ck['step']}, {ck['epoch']} epoch{'s' if ck['epoch'] != 1 else ''} complete"
     except (click.ClickException, KeyError):
         done = "its last save"
-    return (f"interrupted at step {run.step}; {run.ckpt_path} holds the run up to {done}; "
+    return (f"{what} at step {run.step}; {run.ckpt_path} holds the run up to {done}; "
             f"resume with: {resume_command(method)}")
 
 

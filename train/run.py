@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from augment.files import describe_os_error, remove_stale_temps
-from augment.lock import folder_lock
+from augment.files import TMP_MARK, describe_os_error, remove_stale_temps
+from augment.lock import die_with_parent, folder_lock
 from augment.provenance import git_revision, library_versions
 from augment.seeds import mix
 from train.checkpoint import CHECKPOINT, REQUIRED, checkpoint_dict, load_checkpoint, save_checkpoint, state_of
@@ -37,6 +37,8 @@ from train.config import AMP_CHOICES, CommonConfig
 from train.loader.worker import mark_trainer
 
 LOG = "log.jsonl"
+# What a run keeps in its --out (the GANs add samples/): a folder holding none of them holds no run.
+RUN_NAMES = frozenset({CHECKPOINT, LOG, ".train", "samples"})
 # /proc/cpuinfo flags of x86 CPUs that compute bf16 natively; elsewhere bf16 autocast is emulated and
 # slower than fp32, so it is not used.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -121,6 +123,10 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     if world <= 1:
         return Dist(), device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # a rank must not outlive its launcher: killed alone, torchrun leaves its ranks training as orphans
+        # that hold the run's lock and write into OUT for nobody
+        die_with_parent(None)
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -251,8 +257,9 @@ class Run:
         if why_fp32:
             self.echo(why_fp32)
         self._hold = contextlib.ExitStack()
+        self._created, self._begun, self.cfg_out = False, False, cfg.out
         if self.dist.is_main:
-            self._claim(cfg.out)
+            self._claim(cfg.out, cfg.resume)
         try:
             self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
             self.saved = None
@@ -287,10 +294,21 @@ class Run:
             self._header()
         except BaseException:
             self._hold.close()
+            self._tidy_refused()
             raise
 
-    def _claim(self, out: str) -> None:
-        """Create ``out``, take its lock (one trainer per folder) and clear temporary files of dead runs."""
+    def _claim(self, out: str, resume: bool) -> None:
+        """Create ``out``, take its lock (one trainer per folder) and clear temporary files of dead runs.
+
+        A folder that holds other things and no run (a data folder given as --out by mistake) is refused:
+        checkpoint.pt, log.jsonl and .train/ would land among them."""
+        self._created = not os.path.exists(out)
+        if not resume and os.path.isdir(out):
+            names = [n for n in os.listdir(out) if TMP_MARK not in n]
+            if names and not set(names) & RUN_NAMES:
+                raise click.ClickException(f"--out {out}: holds {len(names)} other entr{'y' if len(names) == 1 else 'ies'} "
+                                           f"(e.g. {sorted(names)[0]}) and no run; a trainer writes checkpoint.pt, "
+                                           f"log.jsonl and .train/ into --out: choose a new or empty folder")
         try:
             os.makedirs(out, exist_ok=True)
         except OSError as e:
@@ -328,6 +346,14 @@ class Run:
     def accept(self) -> None:
         """The run goes ahead: write the records held back since it started (header first)."""
         pending, self._pending = self._pending or [], None
+        self._begun = True
+        if self.dist.is_main and not self.saved and os.path.isfile(self.log_path):
+            # a new run where an earlier one failed before its first checkpoint: one log per run
+            k = 1
+            while os.path.exists(f"{self.log_path}.{k}"):
+                k += 1
+            os.replace(self.log_path, f"{self.log_path}.{k}")
+            self.echo(f"an earlier run's log, which never reached a checkpoint, is kept as {self.log_path}.{k}")
         if pending:
             self._append("".join(pending))
 
@@ -448,10 +474,18 @@ class Run:
         self.log({"event": "checkpoint", "path": self.ckpt_path, "epochs_done": epoch})
 
     def close(self) -> None:
-        """Leave the process group and release the folder's lock."""
+        """Leave the process group and release the folder's lock; a run refused before it began leaves
+        nothing behind (its lock folder, and --out itself when it made it and nothing else is there)."""
         if self.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
         self._hold.close()
+        self._tidy_refused()
+
+    def _tidy_refused(self) -> None:
+        if self.dist.is_main and not self._begun:
+            for path in (os.path.join(self.cfg_out, ".train"), self.cfg_out if self._created else None):
+                with contextlib.suppress(OSError, TypeError):
+                    os.rmdir(path)           # only when empty
 
 
 
@@ -462,5 +496,10 @@ def write_bare_checkpoint(path: str, *, method: str, cfg: CommonConfig, encoder:
     ck = checkpoint_dict(method=method, config=cfg.to_dict(), encoder=encoder, state={}, epoch=0, step=0,
                          train_seconds=0.0, rng=rng_state(), git=git_revision(), versions=library_versions(),
                          extra=extra or {})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    out = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"--out {os.path.dirname(path) or out}: cannot create the folder "
+                                   f"({describe_os_error(e, out)})") from None
     save_checkpoint(ck, path)

@@ -55,7 +55,9 @@ class Config(CommonConfig):
     skip_bad_images: bool = option(False, "Skip images that cannot be decoded (counted in the log) instead "
                                    "of stopping at the first one.")
 
-    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset", "frontend", "adapter")
+    # --init-from shapes the model (its encoder's spec) as --arch does: a resume keeps the run's own
+    ARCH_FIELDS: ClassVar[tuple[str, ...]] = ("arch", "size", "dataset", "frontend", "adapter", "init_from",
+                                              "init_layers")
     UNUSED: ClassVar[tuple[str, ...]] = ("shards", "verify_stream")
 
     @property
@@ -92,9 +94,10 @@ def initial_spec(cfg: Config) -> tuple[EncoderSpec, dict | None]:
     return replace(spec, adapter=cfg.adapter), {k.removeprefix("module."): v for k, v in ck["encoder"].items()}
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """Classifier with the encoder initialised from ``--init-from`` and ``--freeze`` blocks fixed."""
-    spec, weights = initial_spec(cfg)
+def build_model(cfg: Config, num_classes: int, resumed_spec: dict | None = None) -> nn.Module:
+    """Classifier with the encoder initialised from ``--init-from`` and ``--freeze`` blocks fixed;
+    ``resumed_spec``: a resumed run's encoder spec (its weights come from its checkpoint, not --init-from)."""
+    spec, weights = (EncoderSpec.from_dict(resumed_spec), None) if resumed_spec else initial_spec(cfg)
     model = build_classifier(spec, num_classes, cfg.input_size)
     if weights is not None:
         unknown = [n for n in cfg.init_layers if n not in model.encoder.blocks]
@@ -137,7 +140,8 @@ class Supervised(Method):
         self.eval_loader = make_folder_loader(splits.eval, train=False, **kw) if splits.eval is not None else None
         run.log({"event": "data", "classes": len(splits.classes), "train": len(splits.train),
                  "eval": len(splits.eval) if splits.eval is not None else 0, "eval_split": splits.eval_name})
-        self.model = run.wrap(build_model(cfg, len(splits.classes)))
+        resumed = run.saved["encoder_spec"] if run.saved else None
+        self.model = run.wrap(build_model(cfg, len(splits.classes), resumed))
         self.encoder = unwrap(self.model).encoder
         self.opt = sgd(self.model, cfg.lr, cfg.momentum, cfg.weight_decay)
         # lr milestones as the same fraction of the planned steps (a step budget keeps the decays)

@@ -55,13 +55,13 @@ class Splits:
     eval_name: str = ""
 
 
-def _image_folder(path: str, transform: Callable) -> Dataset:
+def _image_folder(path: str, transform: Callable, flag: str = "--data") -> Dataset:
     from torchvision.datasets import ImageFolder
 
     try:
         ds = ImageFolder(path, transform=transform)
     except FileNotFoundError as e:  # no class folder, or class folders without images
-        raise click.ClickException(f"--data {path}: no images in ImageFolder layout ({e}); expected "
+        raise click.ClickException(f"{flag} {path}: no images in ImageFolder layout ({e}); expected "
                                    f"{path}/<class>/<image>") from None
     return once_each(ds)
 
@@ -85,14 +85,19 @@ def once_each(ds: Dataset) -> Dataset:
     return ds
 
 
-def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable) -> Splits:
-    """Training split and (when present) evaluation split of ``data``.
+def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable,
+                flags: tuple[str, str] = ("--data", "--dataset")) -> Splits:
+    """Training split and (when present) evaluation split of ``data``; ``flags``: the options that gave
+    ``data`` and ``dataset``, which the messages name.
 
     imagefolder: ``data/train`` (or ``data`` itself when it has no ``train/``), evaluated on
     ``data/val`` or else ``data/test``. cifar10/cifar100: torchvision's files under ``data``.
     """
+    flag, layout = flags
     if not os.path.isdir(data):
-        raise click.ClickException(f"--data {data}: no such folder")
+        what = "a file, not a folder" if os.path.exists(data) else "no such folder"
+        raise click.ClickException(f"{flag} {data}: {what}; give a folder in ImageFolder layout "
+                                   f"(train/<class>/<image>, val/ or test/ beside it) or torchvision's CIFAR files")
     if dataset in ("cifar10", "cifar100"):
         from torchvision import datasets
 
@@ -100,24 +105,24 @@ def open_splits(data: str, dataset: str, train_tf: Callable, eval_tf: Callable) 
         try:
             tr, ev = cls(data, train=True, transform=train_tf), cls(data, train=False, transform=eval_tf)
         except RuntimeError as e:
-            raise click.ClickException(f"--data {data}: no {dataset} files there ({e}); download them with "
-                                       f"torchvision or use --dataset imagefolder") from None
+            raise click.ClickException(f"{flag} {data}: no {dataset} files there ({e}); download them with "
+                                       f"torchvision or use {layout} imagefolder") from None
         return Splits(tr, ev, list(tr.classes), "test")
     if not os.path.isdir(os.path.join(data, "train")):
         # With val/ or test/ there, the folder is split: read as one class each, they would be trained on.
         splits = [n for n in ("val", "test") if os.path.isdir(os.path.join(data, n))]
         if splits:
-            raise click.ClickException(f"--data {data}: has {splits[0]}/ but no train/; expected "
+            raise click.ClickException(f"{flag} {data}: has {splits[0]}/ but no train/; expected "
                                        f"{os.path.join(data, 'train')}/<class>/<image> beside {splits[0]}/")
-        tr = _image_folder(data, train_tf)
+        tr = _image_folder(data, train_tf, flag)
         return Splits(tr, None, list(tr.classes))
-    tr = _image_folder(os.path.join(data, "train"), train_tf)
+    tr = _image_folder(os.path.join(data, "train"), train_tf, flag)
     for name in ("val", "test"):
         path = os.path.join(data, name)
         if os.path.isdir(path):
-            ev = _image_folder(path, eval_tf)
+            ev = _image_folder(path, eval_tf, flag)
             if ev.classes != tr.classes:
-                raise click.ClickException(f"--data {path}: classes differ from {data}/train's; both splits "
+                raise click.ClickException(f"{flag} {path}: classes differ from {data}/train's; both splits "
                                            f"need the same class folders")
             return Splits(tr, ev, list(tr.classes), name)
     return Splits(tr, None, list(tr.classes))
