@@ -129,6 +129,7 @@ def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samp
     ctx = click.get_current_context()
     given = {k: v for k, v in ctx.params.items() if v is not None
              and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    refuse_unused(given, resolve_format(fmt, size))
     kind, geom, jitter = resolve(variant, given)
     geom = dataclasses.replace(geom, scale=not no_scale, rotation=not no_rotation)
     jitter = dataclasses.replace(jitter, enabled=not no_jitter)
@@ -143,6 +144,26 @@ def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samp
     what = f"set {res['id']}" if res["id"] else f"piece {res['written']} (run `python -m augment merge {out}`)"
     speed = (f" in {res['seconds']:.1f} s ({res['rate']:,.0f} patches/s)" if res["rendered"] else "")
     click.echo(f"{out}: {res['rendered']} shards rendered{speed}, {res['kept']} kept; {what}")
+
+
+# Options that an ablation switch makes moot: given together, the set would record (and be identified by)
+# a setting that changes none of its bytes.
+MOOT_WITH = {"no_scale": ("min_area", "max_area", "aspect"), "no_rotation": ("max_angle",),
+             "no_jitter": ("brightness", "contrast", "saturation", "hue", "jitter_prob", "hue_space", "jitter_order")}
+
+
+def refuse_unused(given: dict, fmt: str) -> None:
+    """One line for an option given beside a switch that makes it moot (``--no-scale --min-area 0.5``), or
+    ``--quality`` for a PNG set."""
+    opt = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    for switch, moot in MOOT_WITH.items():
+        both = [k for k in moot if given.get(switch) and k in given]
+        if both:
+            raise click.ClickException(f"{opt(both[0])} has no effect with {opt(switch)}; drop one of the two "
+                                       f"(the set would record a setting that changes none of its bytes)")
+    if fmt == "png" and "quality" in given:
+        raise click.ClickException("--quality sets JPEG quality, and this set is PNG (--format png, or auto with "
+                                   "S <= 64); drop --quality or pass --format jpg")
 
 
 @cli.command()
@@ -207,10 +228,12 @@ def show(folder, out, k, cols, seed) -> None:
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Draws every pixel.")
 def noise(out, width, height, seed) -> None:
     """Write a seeded uniform-noise image: a source with no structure (render it like any image)."""
+    from augment.files import describe_os_error
     from augment.sources import write_noise_image
 
     try:
         digest = write_noise_image(out, width, height, seed)
     except OSError as e:
-        raise click.ClickException(f"{out}: cannot write the noise image ({e.strerror or e}); choose another --out")
+        raise click.ClickException(f"--out {out}: cannot write the noise image "
+                                   f"({describe_os_error(e, e.filename or out)})") from None
     click.echo(f"wrote {out} ({width}x{height} noise, seed {seed}, sha256 {digest[:16]})")

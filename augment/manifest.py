@@ -234,6 +234,10 @@ def check_shard_name(root: str, name: Any, source: str) -> None:
                                    f"it (a manifest may only name files inside its own folder)")
 
 
+# The fix for a manifest that cannot be read: the set's bytes are only trusted through a good one.
+REDO = "; re-render or re-fetch the set"
+
+
 def parse_manifest(root: str, text: str, source: str = MANIFEST, check_id: bool = True) -> Manifest:
     """Parse and check manifest text; every problem is one clear error naming ``source``.
 
@@ -243,11 +247,11 @@ def parse_manifest(root: str, text: str, source: str = MANIFEST, check_id: bool 
     try:
         data = json.loads(text)
     except RecursionError:  # deeply nested JSON: the parser's stack, not the file, gives up
-        raise click.ClickException(f"{source}: not a shard-set manifest (JSON nested too deeply)") from None
+        raise click.ClickException(f"{source}: not a shard-set manifest (JSON nested too deeply){REDO}") from None
     except ValueError as e:
-        raise click.ClickException(f"{source}: not a shard-set manifest (invalid JSON: {e})") from None
+        raise click.ClickException(f"{source}: not a shard-set manifest (invalid JSON: {e}){REDO}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise click.ClickException(f"{source}: not a shard-set manifest (format is not {FORMAT!r})")
+        raise click.ClickException(f"{source}: not a shard-set manifest (format is not {FORMAT!r}){REDO}")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
@@ -264,7 +268,7 @@ def parse_manifest(root: str, text: str, source: str = MANIFEST, check_id: bool 
                      seed=_natural(data["seed"], "seed"), config=data["config"], sources=data["sources"],
                      shards=shards, raw=data)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
-        raise click.ClickException(f"{source}: not a shard-set manifest (bad or missing field {e})") from None
+        raise click.ClickException(f"{source}: not a shard-set manifest (bad or missing field {e}){REDO}") from None
     if check_id:
         check_identity(m)
     return m

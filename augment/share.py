@@ -140,9 +140,18 @@ def _open_fs(dest: str):
 
 
 def _check_dest(fs, root: str, dest: str, m: Manifest) -> None:
-    """Refuse a destination that already holds a different set (same set: publishing again is fine)."""
+    """Refuse a destination that already holds a different set (same set: publishing again is fine), or
+    other files and no set (a data folder: the shards would land among them)."""
     target = _join(root, MANIFEST)
     if not fs.exists(target):
+        if fs.isdir(root):
+            own = {e.name for e in m.shards} | {CARD}   # what an interrupted publish of this set left
+            others = sorted(n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+                            if n not in own and TMP_MARK not in n)
+            if others:
+                raise click.ClickException(f"{dest}: holds {len(others)} other entr{'y' if len(others) == 1 else 'ies'} "
+                                           f"(e.g. {others[0]}) and no set; publish {m.id} to a new or empty "
+                                           f"destination")
         return
     try:
         other = json.loads(fs.cat_file(target)).get("id")
@@ -334,10 +343,13 @@ class _Fetcher:
             raise ShardFailed(describe_error(err), keep=err.code != 416) from None
         except Exception as err:  # socket and fsspec errors: the message is what matters
             raise ShardFailed(describe_error(err), keep=True, gone=True) from None
-        served = _served_size(stream, start)
+        src = self.m.shard_path(e)
+        local = "://" not in src
+        served = os.path.getsize(src) if local else _served_size(stream, start)
         if served is not None and served != e.bytes:  # the same wrong bytes however often we ask
             stream.close()
-            raise ShardFailed(f"the server's copy has {served:,} bytes, manifest says {e.bytes:,}", keep=False)
+            raise ShardFailed(f"the {'source' if local else 'server'}'s copy has {served:,} bytes, manifest says "
+                              f"{e.bytes:,}", keep=False)
         if start != have:  # the server ignored the Range request: the partial bytes are thrown away
             self._advance(-have)
         got = start
@@ -517,7 +529,9 @@ def _download_all(cfg: FetchConfig, m: Manifest) -> None:
         more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
         raise click.ClickException(f"{cfg.url}: {len(failures)} shard(s) not fetched after {cfg.attempts} "
                                    f"attempts: {'; '.join(shown[:3])}{more}; " + (
-                                       "the copy on the server is damaged: ask the publisher to re-publish"
+                                       ("the copy on the server is damaged: ask the publisher to re-publish"
+                                        if "://" in cfg.url else f"the copy in {cfg.url} is damaged: verify it "
+                                        f"(`python -m augment verify {cfg.url}`), then re-render or re-fetch it")
                                        if damaged else "run the same command again to resume"))
 
 

@@ -72,6 +72,9 @@ def rerender(m: Manifest, k: int, sources: str | None, seed: int) -> list[str]:
     if m.config.get("kind") == "imagefolder":
         raise click.ClickException(f"{m.root}: a packed ImageFolder (`augment pack`), not a rendered set: there "
                                    f"is nothing to re-render; verify it without --rerender")
+    if sources and not os.path.exists(sources):
+        raise click.ClickException(f"--sources {sources}: no such file or folder; give the source image, or the "
+                                   f"folder holding the set's sources")
     recipe = Recipe.from_config(m.config)
     loaded: list[Source] = []
     for rec in m.sources:

@@ -32,6 +32,9 @@ def read_image(path: str, option: str, size: int = 0) -> torch.Tensor:
         raise click.ClickException(f"{option} {path}: no such file; give an existing image file") from None
     except IsADirectoryError:
         raise click.ClickException(f"{option} {path}: is a folder; give an image file") from None
+    except PermissionError:
+        raise click.ClickException(f"{option} {path}: permission denied reading it; make the file readable "
+                                   f"by this user or give another image") from None
     except OSError as e:
         raise click.ClickException(f"{option} {path}: cannot read the image ({describe_os_error(e, path)})") from None
     except (SyntaxError, ValueError) as e:

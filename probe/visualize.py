@@ -187,7 +187,8 @@ def maximize(bb: Backbone, layer: str, units: list[int], cfg: MaximizeConfig) ->
 def list_images(folder: str) -> list[str]:
     """Every image file under ``folder`` (recursively, sorted); a clear error when there is none."""
     if not os.path.isdir(folder):
-        raise click.ClickException(f"--data {folder}: no such folder")
+        what = "a file, not a folder" if os.path.exists(folder) else "no such folder"
+        raise click.ClickException(f"--data {folder}: {what}; give a folder of images to search (any layout)")
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
                    if f.lower().endswith(IMAGE_EXTS))
     if not files:

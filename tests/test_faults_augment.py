@@ -661,12 +661,13 @@ def rewrite(src: str, edit, keep_id: bool = False) -> None:
 
 @pytest.mark.parametrize("how, expect", [
     ("latin1", "not a shard-set manifest (not UTF-8 text: byte"),
-    ("nested", "not a shard-set manifest (JSON nested too deeply)"),
+    ("nested", "not a shard-set manifest (JSON nested too deeply); re-render or re-fetch the set"),
     ("version2", "not a shard-set manifest this tool reads (format_version 2, this tool reads 1); upgrade the "
                  "package"),
     ("versionx", "not a shard-set manifest this tool reads (format_version 'x', this tool reads 1); re-render "
                  "or re-fetch the set"),
-    ("negative", "not a shard-set manifest (bad or missing field 'count': -1 is not an integer >= 1)"),
+    ("negative", "not a shard-set manifest (bad or missing field 'count': -1 is not an integer >= 1); re-render "
+                 "or re-fetch the set"),
 ])
 def test_hostile_manifests_are_one_line_in_every_reader(tmp_path, how, expect):
     src = make_toy_set(str(tmp_path / "set"), count=16, size=16, per_shard=8)
@@ -836,3 +837,65 @@ def test_ctrl_c_in_any_augment_command_is_one_line_and_exit_130(command, monkeyp
     assert r.exit_code == 130, r.output
     assert r.output.startswith(f"Error: augment {command} interrupted: ") and len(r.output.strip().splitlines()) == 1
     assert "Traceback" not in r.output
+
+
+# --------------------------------------------------------------------------- issue #23: second field test
+
+
+def test_fetch_from_a_local_folder_with_a_truncated_shard_names_it_damaged(tmp_path):
+    src = make_toy_set(str(tmp_path / "src"), count=32, size=16, per_shard=8)
+    shard = os.path.join(src, "shard-000001.tar")
+    size = os.path.getsize(shard)
+    os.truncate(shard, size // 2)
+    out = tmp_path / "out"
+    for _ in range(2):   # a second run says the same: running again cannot help
+        line = one_line_error(run("fetch", src, out, "--quiet"))
+        assert line == (f"Error: {src}: 1 shard(s) not fetched after 2 attempts: shard-000001.tar: the source's copy "
+                        f"has {size // 2:,} bytes, manifest says {size:,}; the copy in {src} is damaged: verify it "
+                        f"(`python -m augment verify {src}`), then re-render or re-fetch it")
+    assert not [n for n in os.listdir(out) if "partial" in n] and not (out / MANIFEST).exists()
+
+
+def test_publish_into_a_folder_of_other_files_is_refused_and_a_rerun_into_its_own_is_not(tmp_path):
+    src = make_toy_set(str(tmp_path / "src"), count=16, size=16, per_shard=8)
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    line = one_line_error(run("publish", src, data, "--quiet"))
+    assert line == (f"Error: {data}: holds 1 other entry (e.g. train) and no set; publish "
+                    f"{read_manifest(src).id} to a new or empty destination")
+    assert os.listdir(data) == ["train"]
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    (dest / "shard-000000.tar").write_bytes(b"half")     # an interrupted publish of this set: resumed
+    assert run("publish", src, dest, "--quiet").exit_code == 0 and read_manifest(dest).id == read_manifest(src).id
+
+
+@pytest.mark.parametrize("args, moot, switch", [
+    (("--no-scale", "--min-area", "0.5"), "--min-area", "--no-scale"),
+    (("--no-rotation", "--max-angle", "10"), "--max-angle", "--no-rotation"),
+    (("--no-jitter", "--hue", "0.2"), "--hue", "--no-jitter"),
+])
+def test_an_option_made_moot_by_an_ablation_switch_is_refused(tmp_path, args, moot, switch):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    line = one_line_error(small_render(src, out, *args))
+    assert line == (f"Error: {moot} has no effect with {switch}; drop one of the two (the set would record a "
+                    f"setting that changes none of its bytes)")
+    line = one_line_error(small_render(src, out, "--quality", "80"))        # S = 16: a PNG set
+    assert line.startswith("Error: --quality sets JPEG quality, and this set is PNG")
+    assert not out.exists()
+    assert small_render(src, out, "--format", "jpg", "--quality", "80").exit_code == 0
+
+
+def test_small_faults_of_show_noise_and_verify_say_what_happened(tmp_path):
+    src, out = textured(tmp_path / "s.png"), tmp_path / "set"
+    assert small_render(src, out).exit_code == 0
+    r = run("show", out, "--count", 100, "--out", tmp_path / "g.png")
+    assert r.exit_code == 0 and "--count 100: the set holds 12 patches; showing all 12" in r.output
+    (tmp_path / "afile").write_text("x")
+    line = one_line_error(run("noise", "--out", tmp_path / "afile" / "n.png"))
+    assert line == (f"Error: --out {tmp_path}/afile/n.png: cannot write the noise image ({tmp_path}/afile: a file "
+                    f"stands where a folder is needed; choose another path)")
+    line = one_line_error(run("verify", out, "--rerender", 2, "--sources", tmp_path / "nope.png"))
+    assert line.startswith(f"Error: --sources {tmp_path}/nope.png: no such file or folder")
+    line = one_line_error(run("info", src))
+    assert line.startswith(f"Error: {src}: a file, not a shard set; give the folder")

@@ -488,3 +488,21 @@ def test_visualize_refuses_a_size_that_vanishes_before_the_layer(tmp_path):
     one_line_error(r, "--size 16: too small for conv5 of this alexnet encoder", "raise --size (its training "
                       "input is 224)")
     assert not (tmp_path / "u.png").exists()
+
+
+def test_ctrl_c_on_a_probe_is_one_line_and_leaves_no_folder_of_its_making(tmp_path, monkeypatch):
+    import probe.linear as linear
+
+    root, ck = make_tree(tmp_path / "tree"), make_ckpt(tmp_path)
+    real = linear.run_cifar
+
+    def interrupted(cfg, *a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(linear, "run_cifar", interrupted)
+    r = CliRunner().invoke(main, cifar_args(tmp_path, ck, root, "o"))
+    assert r.exit_code == 130 and r.output.strip() == (
+        f"Error: interrupted before {tmp_path / 'o'}/probe.json was written; the features already cached are kept, "
+        f"and the same command starts again from them")
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(linear, "run_cifar", real)
+    assert run(cifar_args(tmp_path, ck, root, "o")).exit_code == 0
