@@ -129,7 +129,8 @@ def render(image, n, count, size, preset, seed, workers, out, fmt, quality, samp
     ctx = click.get_current_context()
     given = {k: v for k, v in ctx.params.items() if v is not None
              and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
-    refuse_unused(given, resolve_format(fmt, size))
+    refuse_unused(variant, given, resolve_format(fmt, size),
+                  next(p.default for p in ctx.command.params if p.name == "quality"))
     kind, geom, jitter = resolve(variant, given)
     geom = dataclasses.replace(geom, scale=not no_scale, rotation=not no_rotation)
     jitter = dataclasses.replace(jitter, enabled=not no_jitter)
@@ -152,18 +153,21 @@ MOOT_WITH = {"no_scale": ("min_area", "max_area", "aspect"), "no_rotation": ("ma
              "no_jitter": ("brightness", "contrast", "saturation", "hue", "jitter_prob", "hue_space", "jitter_order")}
 
 
-def refuse_unused(given: dict, fmt: str) -> None:
-    """One line for an option given beside a switch that makes it moot (``--no-scale --min-area 0.5``), or
-    ``--quality`` for a PNG set."""
+def refuse_unused(variant: str, given: dict, fmt: str, default_quality: int) -> None:
+    """One line for an option given beside a switch that makes it moot (``--no-scale --min-area 0.5``), or a
+    ``--quality`` for a PNG set, when its value would change the set's recorded config (and so its id) but
+    none of its bytes. A value the set would record anyway (a canonical command's) is let through."""
+    from augment.recipes import resolve
+
     opt = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     for switch, moot in MOOT_WITH.items():
-        both = [k for k in moot if given.get(switch) and k in given]
-        if both:
-            raise click.ClickException(f"{opt(both[0])} has no effect with {opt(switch)}; drop one of the two "
-                                       f"(the set would record a setting that changes none of its bytes)")
-    if fmt == "png" and "quality" in given:
-        raise click.ClickException("--quality sets JPEG quality, and this set is PNG (--format png, or auto with "
-                                   "S <= 64); drop --quality or pass --format jpg")
+        for k in (k for k in moot if given.get(switch) and k in given):
+            if resolve(variant, given)[1:] != resolve(variant, {x: v for x, v in given.items() if x != k})[1:]:
+                raise click.ClickException(f"{opt(k)} has no effect with {opt(switch)}; drop one of the two (the "
+                                           f"set would record a setting that changes none of its bytes)")
+    if fmt == "png" and given.get("quality", default_quality) != default_quality:
+        raise click.ClickException(f"--quality sets JPEG quality, and this set is PNG (--format png, or auto with "
+                                   f"S <= 64); drop --quality or pass --format jpg")
 
 
 @cli.command()

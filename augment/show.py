@@ -38,7 +38,7 @@ def show(cfg: ShowConfig) -> str:
         raise click.ClickException(f"{cfg.folder}: its manifest says {m.count} patches but its shards hold {held}; "
                                    f"run `python -m augment verify {cfg.folder}`")
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, 0x5E0])))
-    if cfg.count > m.count:
+    if cfg.count > m.count and cfg.count != ShowConfig.count:   # a count asked for, not the default grid
         click.echo(f"--count {cfg.count}: the set holds {m.count} patches; showing all {m.count}", err=True)
     picks = sorted(int(i) for i in rng.choice(m.count, size=min(cfg.count, m.count), replace=False))
     by_shard: dict[str, list[int]] = {}
