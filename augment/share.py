@@ -149,9 +149,9 @@ def _check_dest(fs, root: str, dest: str, m: Manifest) -> None:
             others = sorted(n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
                             if n not in own and TMP_MARK not in n)
             if others:
-                raise click.ClickException(f"{dest}: holds {len(others)} other entr{'y' if len(others) == 1 else 'ies'} "
-                                           f"(e.g. {others[0]}) and no set; publish {m.id} to a new or empty "
-                                           f"destination")
+                what = "1 other entry" if len(others) == 1 else f"{len(others)} other entries"
+                raise click.ClickException(f"{dest}: holds {what} (e.g. {others[0]}) and no set; publish {m.id} "
+                                           f"to a new or empty destination")
         return
     try:
         other = json.loads(fs.cat_file(target)).get("id")

@@ -306,9 +306,10 @@ class Run:
         if not resume and os.path.isdir(out):
             names = [n for n in os.listdir(out) if TMP_MARK not in n]
             if names and not set(names) & RUN_NAMES:
-                raise click.ClickException(f"--out {out}: holds {len(names)} other entr{'y' if len(names) == 1 else 'ies'} "
-                                           f"(e.g. {sorted(names)[0]}) and no run; a trainer writes checkpoint.pt, "
-                                           f"log.jsonl and .train/ into --out: choose a new or empty folder")
+                what = "1 other entry" if len(names) == 1 else f"{len(names)} other entries"
+                raise click.ClickException(f"--out {out}: holds {what} (e.g. {sorted(names)[0]}) and no run; a "
+                                           f"trainer writes checkpoint.pt, log.jsonl and .train/ into --out: "
+                                           f"choose a new or empty folder")
         try:
             os.makedirs(out, exist_ok=True)
         except OSError as e:
@@ -405,13 +406,15 @@ class Run:
         return {k: float(v) for k, v in values.items()}
 
     @property
+    def steps_done(self) -> bool:
+        """True once ``--max-steps`` (or ``--stop-at-step``) steps are done."""
+        return bool(self.cfg.max_steps and self.step >= self.cfg.max_steps or
+                    self.cfg.stop_at_step and self.step >= self.cfg.stop_at_step)
+
+    @property
     def done(self) -> bool:
         """True once ``--max-steps`` (or ``--stop-at-step``) steps are done or the ``--time-budget`` is spent (on any rank)."""
-        if self.cfg.max_steps and self.step >= self.cfg.max_steps:
-            return True
-        if self.cfg.stop_at_step and self.step >= self.cfg.stop_at_step:
-            return True
-        return self.budget.reached(self.dist, self.device)
+        return self.steps_done or self.budget.reached(self.dist, self.device)
 
     def autocast(self):
         """The run's precision for a forward pass: bf16 autocast as ``--amp`` and the device allow, else fp32."""
