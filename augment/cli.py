@@ -160,9 +160,10 @@ def refuse_unused(variant: str, given: dict, fmt: str, default_quality: int) -> 
     from augment.recipes import resolve
 
     opt = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    recorded = resolve(variant, given)[1:]
     for switch, moot in MOOT_WITH.items():
         for k in (k for k in moot if given.get(switch) and k in given):
-            if resolve(variant, given)[1:] != resolve(variant, {x: v for x, v in given.items() if x != k})[1:]:
+            if recorded != resolve(variant, {x: v for x, v in given.items() if x != k})[1:]:
                 raise click.ClickException(f"{opt(k)} has no effect with {opt(switch)}; drop one of the two (the "
                                            f"set would record a setting that changes none of its bytes)")
     if fmt == "png" and given.get("quality", default_quality) != default_quality:

@@ -20,6 +20,10 @@ import click
 from augment.files import bytes_digest, write_text_atomic
 
 MANIFEST = "manifest.json"
+# What else this tool keeps in a set's folder besides the shards (docs/shard-format.md)
+CARD = "CARD.md"          # written by publish
+JOB_DIR = ".render"       # a render's bookkeeping and lock
+FETCH_DIR = ".fetch"      # while fetching: the lock and the identifier of the set being fetched
 FORMAT = "single-image-ssl/shards"
 FORMAT_VERSION = 1
 ID_PREFIX = "sis1-"

@@ -33,11 +33,10 @@ from augment.color import Jitter, JitterParams, apply_bgr, jitter_bgr, jitters_f
 from augment.files import describe_os_error, file_digest, remove_stale_temps, write_text_atomic
 from augment.geometry import Crop, GeomParams, black_outside, crops_from_uniforms
 from augment.lock import die_with_parent, folder_lock
-from augment.manifest import MANIFEST, check_shard_name, read_manifest, write_manifest
+from augment.manifest import JOB_DIR, MANIFEST, check_shard_name, read_manifest, write_manifest
 from augment.shards import sample_key, shard_name, write_shard
 from augment.sources import DEFAULT_MAX_PIXELS, SOURCE_CACHE_MIB, Source, SourceCache, load_all
 
-JOB_DIR = ".render"
 PRESETS = {"imagenet": {"count": 1_281_167, "size": 256}, "cifar": {"count": 50_000, "size": 32}}
 PNG_COMPRESSION = 6
 SAMPLER = "philox4x64[key=seedsequence(seed)],counter=3*index,u53-v2"

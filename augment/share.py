@@ -23,14 +23,12 @@ from tqdm import tqdm
 from augment.cli import cli
 from augment.files import TMP_MARK, atomic_write, describe_os_error, file_digest, remove_stale_temps, write_text_atomic
 from augment.lock import folder_lock
-from augment.manifest import (DISK_FULL, MANIFEST, Manifest, ShardEntry, check_identity, describe_error,
-                              open_location, read_manifest_text)
+from augment.manifest import (CARD, DISK_FULL, FETCH_DIR, MANIFEST, Manifest, ShardEntry, check_identity,
+                              describe_error, open_location, read_manifest_text)
 from augment.verify import presence_problem
 
-CARD = "CARD.md"
 CHUNK = 1 << 20
 TMP_SUFFIX = ".partial"  # a shard being downloaded: kept across runs, so that the next fetch resumes it
-FETCH_DIR = ".fetch"     # while fetching: the lock and the identifier of the set being fetched
 PAPER_BIBTEX = """@inproceedings{asano2020critical,
   title     = {A critical analysis of self-supervision, or what we can learn from a single image},
   author    = {Asano, Yuki M. and Rupprecht, Christian and Vedaldi, Andrea},
@@ -337,13 +335,13 @@ class _Fetcher:
             have = 0
         if have == e.bytes:
             return
+        src = self.m.shard_path(e)
         try:
-            stream, start = open_location(self.m.shard_path(e), have, self.cfg.timeout)
+            stream, start = open_location(src, have, self.cfg.timeout)
         except urllib.error.HTTPError as err:  # the server answered; 416: our partial is longer than its file
             raise ShardFailed(describe_error(err), keep=err.code != 416) from None
         except Exception as err:  # socket and fsspec errors: the message is what matters
             raise ShardFailed(describe_error(err), keep=True, gone=True) from None
-        src = self.m.shard_path(e)
         local = "://" not in src
         served = os.path.getsize(src) if local else _served_size(stream, start)
         if served is not None and served != e.bytes:  # the same wrong bytes however often we ask

@@ -12,7 +12,7 @@ import numpy as np
 
 from augment.files import file_digest, pid_alive, temp_names
 from augment.lock import LOCK_NAME, read_holder
-from augment.manifest import MANIFEST, Manifest, ShardEntry, identity_problem, read_manifest
+from augment.manifest import CARD, FETCH_DIR, JOB_DIR, MANIFEST, Manifest, ShardEntry, identity_problem, read_manifest
 from augment.shards import brace_pattern, sample_key
 
 
@@ -118,7 +118,7 @@ def verify(cfg: VerifyConfig) -> Report:
 
 
 # What this tool itself keeps in a set's folder besides the manifest's shards.
-OWN_NAMES = (MANIFEST, "CARD.md", ".render", ".fetch")
+OWN_NAMES = (MANIFEST, CARD, JOB_DIR, FETCH_DIR)
 PART_PIECE = re.compile(r"manifest\.part-\d+-\d+\.json")  # a --shard-range job's piece, before merge
 
 
@@ -141,9 +141,9 @@ def stray_files(m: Manifest) -> list[str]:
 def stray_temps(root: str) -> list[str]:
     """One line per temporary file in the set (an interrupted render's or fetch's), saying whether it is
     safe to remove: it is unless a render or fetch is running in the folder right now."""
-    names = [n for d in ("", ".render", ".fetch") for n in
+    names = [n for d in ("", JOB_DIR, FETCH_DIR) for n in
              (os.path.join(d, t) if d else t for t in temp_names(os.path.join(root, d)))]
-    writer = next((h for d in (".render", ".fetch") if (h := read_holder(os.path.join(root, d, LOCK_NAME)))
+    writer = next((h for d in (JOB_DIR, FETCH_DIR) if (h := read_holder(os.path.join(root, d, LOCK_NAME)))
                    and pid_alive(h.pid)), None)
     why = (f"a temporary file; {writer.describe()} may be writing it: leave it" if writer else
            "a temporary file left by an interrupted run; not part of the set, safe to remove (the next "

@@ -39,9 +39,10 @@ from probe.data import (DATASETS, TRAIN_CROPS, BadImages, FolderImages, eval_spl
                         imagenet_transforms, list_folder, load_cifar, subset)
 from probe.heads import (LINEAR_INITS, POOLINGS, PROBE_BNS, SCHEDULES, TEN_CROP_AVERAGES, LayerProbe, build_probes,
                          lr_at, milestones, ten_crop_average)
+from train.checkpoint import CHECKPOINT
 from train.loader import prepare
 from train.config import AMP_CHOICES, Finite, available_cpus
-from train.run import amp_dtype, git_revision, library_versions, resolve_device
+from train.run import LOCK_DIR, amp_dtype, git_revision, library_versions, resolve_device
 
 RESULT = "probe.json"
 LOG = "log.jsonl"
@@ -501,8 +502,8 @@ def check_config(cfg: ProbeConfig) -> ProbeConfig:
     if protocol == "imagenet" and cfg.crop > cfg.resize:
         raise click.ClickException(f"--crop {cfg.crop} is larger than --resize {cfg.resize}: the ten evaluation "
                                    f"crops are cut from the resized image; give a --crop of at most --resize")
-    if any(os.path.exists(os.path.join(cfg.out, n)) for n in ("checkpoint.pt", ".train")):
-        raise click.ClickException(f"--out {cfg.out} holds a training run (checkpoint.pt); a probe there would "
+    if any(os.path.exists(os.path.join(cfg.out, n)) for n in (CHECKPOINT, LOCK_DIR)):
+        raise click.ClickException(f"--out {cfg.out} holds a training run ({CHECKPOINT}); a probe there would "
                                    f"replace its {LOG}; choose another --out, e.g. probes/"
                                    f"{os.path.basename(os.path.normpath(cfg.out))}")
     if os.path.isfile(os.path.join(cfg.out, RESULT)) and not cfg.overwrite:

@@ -168,6 +168,15 @@ def launch(tmp_path, *trainer_args, **popen):
                             start_new_session=True, **popen)
 
 
+def wait_for_checkpoint(p: subprocess.Popen, out_dir) -> None:
+    """Until the launched run has written its first checkpoint (or ended); the deadline only bounds a hang."""
+    import time
+
+    deadline = time.monotonic() + 240
+    while not (out_dir / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def errors(output: str) -> list[str]:
     return [ln for ln in output.splitlines() if ln.startswith("Error") or "Traceback" in ln]
 
@@ -197,13 +206,10 @@ def test_launch_ends_failed_ranks_with_one_line_each_and_no_launcher_traceback(t
 
 def test_ctrl_c_under_launch_is_one_line_with_the_launch_command_that_resumes(tmp_path):
     import signal
-    import time
 
     out_dir = tmp_path / "run"
     p = launch(tmp_path, "--out", out_dir, "--device", "cpu", "--epochs", "1000")
-    deadline = time.monotonic() + 240     # only a bound on a hang: the test waits for a checkpoint, not a time
-    while not (out_dir / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_checkpoint(p, out_dir)
     os.killpg(p.pid, signal.SIGINT)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 130, out[-3000:]
@@ -238,15 +244,12 @@ def test_launch_refuses_a_process_count_that_is_none(tmp_path):
 
 def test_killing_the_launcher_alone_takes_its_ranks_with_it_and_the_run_resumes_at_once(tmp_path):
     import signal
-    import time
 
     from tests.test_engine import orphans_of
 
     out_dir = tmp_path / "run"
     p = launch(tmp_path, "--out", out_dir, "--device", "cpu", "--epochs", "1000")
-    deadline = time.monotonic() + 240
-    while not (out_dir / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_checkpoint(p, out_dir)
     os.kill(p.pid, signal.SIGKILL)                 # the launcher alone, not its group
     p.communicate(timeout=60)
     assert not orphans_of(str(out_dir), within=60)  # no rank trains on for a dead launcher

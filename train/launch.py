@@ -9,6 +9,7 @@ launcher's own traceback: each rank has already printed its own one-line reason.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -71,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                    f"above", err=True)
         return 1
     except (KeyboardInterrupt, SignalException) as e:
-        what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by signal {e.sigval.name}"
+        sig = signal.SIGINT if isinstance(e, KeyboardInterrupt) else e.sigval
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by signal {sig.name}"
         click.echo(f"Error: {args.training_script} {what}; its ranks said above where their runs stand "
                    f"(resume with the same command and --resume)", err=True)
-        return 130
+        return 128 + sig    # as a trainer exits: 130 on Ctrl-C, 143 on SIGTERM
     return 0
 
 

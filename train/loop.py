@@ -160,10 +160,7 @@ def log_window(run: Run, method: Method, window: Meter) -> None:
 def run_epochs(run: Run, method: Method, objects: dict[str, Any], state: ResumeState) -> dict[str, Any]:
     """Epochs until ``--epochs``, ``--max-steps`` or the budget; a checkpoint after each and at a stop."""
     epoch, skip, summary = state.epoch, int(state.extra.get("batches_done", 0)), {}
-    # Before the first step only the seconds carried by the checkpoint count against --time-budget: the
-    # clock is checked after each step, so a run always makes one, however long its setup took.
-    spent_before = run.budget.seconds > 0 and run.budget.before >= run.budget.seconds
-    while epoch < run.cfg.epochs and not (run.done if run.step > state.step else run.steps_done or spent_before):
+    while epoch < run.cfg.epochs and not run.done:
         run.epoch = epoch
         method.begin_epoch(run, epoch, skip)
         stats, done = train_epoch(run, method, epoch, skip)

@@ -38,7 +38,8 @@ from train.loader.worker import mark_trainer
 
 LOG = "log.jsonl"
 # What a run keeps in its --out (the GANs add samples/): a folder holding none of them holds no run.
-RUN_NAMES = frozenset({CHECKPOINT, LOG, ".train", "samples"})
+LOCK_DIR = ".train"     # holds the lock of the one trainer writing the folder
+RUN_NAMES = frozenset({CHECKPOINT, LOG, LOCK_DIR, "samples"})
 # /proc/cpuinfo flags of x86 CPUs that compute bf16 natively; elsewhere bf16 autocast is emulated and
 # slower than fp32, so it is not used.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -257,7 +258,10 @@ class Run:
         if why_fp32:
             self.echo(why_fp32)
         self._hold = contextlib.ExitStack()
-        self._created, self._begun, self.cfg_out = False, False, cfg.out
+        self._created = False
+        # Records wait here until the run is accepted (``accept``): a run refused before that (changed
+        # inputs on --resume, a bad option found by build) leaves no header in the log, nor its folders.
+        self._pending: list[str] | None = []
         if self.dist.is_main:
             self._claim(cfg.out, cfg.resume)
         try:
@@ -282,19 +286,16 @@ class Run:
                 raise click.ClickException(f"{cfg.out} already holds a run; pass --resume to continue it or "
                                            f"choose another --out")
             self.cfg = cfg
-            self.step = 0
+            self.step = self.first_step = 0
             self.epoch = 0
             self.t0 = time.time()
             self.budget = TimeBudget(cfg.time_budget)
             seed_everything(cfg.seed, self.dist.rank)
             self.log_path = os.path.join(cfg.out, LOG)
-            # Records wait here until the run is accepted (``accept``): a run refused after this point
-            # (changed inputs on --resume, a bad option found by build) leaves no header in the log.
-            self._pending: list[str] | None = []
             self._header()
         except BaseException:
             self._hold.close()
-            self._tidy_refused()
+            self._tidy_refused(cfg.out)
             raise
 
     def _claim(self, out: str, resume: bool) -> None:
@@ -314,7 +315,7 @@ class Run:
             os.makedirs(out, exist_ok=True)
         except OSError as e:
             raise click.ClickException(f"--out {out}: cannot create the folder ({describe_os_error(e, out)})") from None
-        self._hold.enter_context(folder_lock(os.path.join(out, ".train"), f"train into {out}"))
+        self._hold.enter_context(folder_lock(os.path.join(out, LOCK_DIR), f"train into {out}"))
         # its DataLoader workers hold no copy of the lock (closed at fork) and die with this process
         # (train.loader.worker): the lock ends with it
         mark_trainer()
@@ -347,7 +348,6 @@ class Run:
     def accept(self) -> None:
         """The run goes ahead: write the records held back since it started (header first)."""
         pending, self._pending = self._pending or [], None
-        self._begun = True
         if self.dist.is_main and not self.saved and os.path.isfile(self.log_path):
             # a new run where an earlier one failed before its first checkpoint: one log per run
             k = 1
@@ -406,15 +406,17 @@ class Run:
         return {k: float(v) for k, v in values.items()}
 
     @property
-    def steps_done(self) -> bool:
-        """True once ``--max-steps`` (or ``--stop-at-step``) steps are done."""
-        return bool(self.cfg.max_steps and self.step >= self.cfg.max_steps or
-                    self.cfg.stop_at_step and self.step >= self.cfg.stop_at_step)
-
-    @property
     def done(self) -> bool:
         """True once ``--max-steps`` (or ``--stop-at-step``) steps are done or the ``--time-budget`` is spent (on any rank)."""
-        return self.steps_done or self.budget.reached(self.dist, self.device)
+        if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+            return True
+        if self.cfg.stop_at_step and self.step >= self.cfg.stop_at_step:
+            return True
+        if self.step == self.first_step:
+            # The budget is checked after each step: before this session's first one only the seconds a
+            # checkpoint carried count, so a run makes one step however long its setup took.
+            return 0 < self.budget.seconds <= self.budget.before
+        return self.budget.reached(self.dist, self.device)
 
     def autocast(self):
         """The run's precision for a forward pass: bf16 autocast as ``--amp`` and the device allow, else fp32."""
@@ -459,6 +461,7 @@ class Run:
                 else obj.load_state_dict(state[name])
         set_rng_state(self.saved["rng"])
         self.epoch, self.step = self.saved["epoch"], self.saved["step"]
+        self.first_step = self.step
         self.budget.before = float(self.saved.get("train_seconds", 0.0))
         self.log({"event": "resumed", "from_epoch": self.epoch, "from_step": self.step,
                   "train_seconds": round(self.budget.before, 1)})
@@ -482,11 +485,12 @@ class Run:
         if self.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
         self._hold.close()
-        self._tidy_refused()
+        self._tidy_refused(self.cfg.out)
 
-    def _tidy_refused(self) -> None:
-        if self.dist.is_main and not self._begun:
-            for path in (os.path.join(self.cfg_out, ".train"), self.cfg_out if self._created else None):
+    def _tidy_refused(self, out: str) -> None:
+        """A run refused before ``accept`` removes its lock folder, and ``out`` when it made it (if empty)."""
+        if self.dist.is_main and self._pending is not None:
+            for path in (os.path.join(out, LOCK_DIR), out if self._created else None):
                 with contextlib.suppress(OSError, TypeError):
                     os.rmdir(path)           # only when empty
 
